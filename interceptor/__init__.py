@@ -1,0 +1,3 @@
+"""interceptor: an HTTP/TLS intercepting forward proxy built on Twisted."""
+
+__version__ = "0.1.0"
