@@ -1,0 +1,681 @@
+"""Configuration: one TOML file, ``INTERCEPTOR_*`` environment variables and command-line
+overrides, merged into one frozen :class:`Config`.
+
+Precedence, highest first: command line (``overrides``) > environment > file > built-in
+defaults. Every setting is described once, in :data:`_FIELDS`; the file, environment and
+command-line paths are all driven by that table, so adding a setting is one entry there plus
+the matching attribute on its section dataclass.
+
+Errors are reported as :class:`ConfigError`, whose ``str()`` is always a single line naming
+where the bad value came from and which key it was, so that ``twistd`` can print it and exit
+with status 2 instead of dumping a traceback.
+
+Nothing here touches the reactor, and the only I/O is reading the one configuration file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+
+from twisted.internet.endpoints import serverFromString
+
+__all__ = [
+    "DEFAULT_CONFIG_ENV",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "LimitsConfig",
+    "LogConfig",
+    "ProxyConfig",
+    "TLSConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+#: Environment variable naming the configuration file when no path is given explicitly.
+DEFAULT_CONFIG_ENV = "INTERCEPTOR_CONFIG"
+
+_ENV_PREFIX = "INTERCEPTOR_"
+_SOURCE_ENV = "environment"
+_SOURCE_CLI = "command line"
+
+_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
+
+
+def _one_line(text: str) -> str:
+    # tomllib and Twisted messages may span lines; a config error must stay one log line.
+    return _NEWLINES.sub(" ", text).strip()
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used.
+
+    ``source`` is the file path, ``"environment"`` or ``"command line"``; ``key`` is
+    ``"section.key"``, the environment variable name for environment errors, or ``""`` when
+    the whole file is at fault. ``str()`` is always exactly one line.
+    """
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        source, key, problem = _one_line(source), _one_line(key), _one_line(problem)
+        # Passing all three keeps the exception picklable (it is re-created from args).
+        super().__init__(source, key, problem)
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.source}: {self.key}: {self.problem}"
+        return f"{self.source}: {self.problem}"
+
+
+def _expand_user(path: str) -> str:
+    # expanduser falls back to the password database when HOME is unset and returns the path
+    # unchanged if that fails too; the guard is for platforms where it raises instead.
+    try:
+        return os.path.expanduser(path)
+    except (KeyError, OSError, ImportError):
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration objects handed to the rest of the proxy.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """The client-facing proxy listener and its timeouts (seconds)."""
+
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    idle_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    header_timeout: float = 10.0
+    half_close_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    sigpipe: str = "ignore"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "listen", tuple(self.listen))
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Connections from the proxy to origin servers."""
+
+    pool_size: int = 8
+    pool_idle_timeout: float = 30.0
+    hosts: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        # Frozen must mean immutable all the way down; a plain dict could still be mutated.
+        hosts = {name.lower(): address for name, address in self.hosts.items()}
+        object.__setattr__(self, "hosts", types.MappingProxyType(hosts))
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The interception CA, upstream certificate verification and pass-through hosts."""
+
+    ca_dir: str = "~/.interceptor"
+    verify_upstream: bool = True
+    upstream_ca_bundle: str = ""
+    passthrough: tuple[str, ...] = ()
+    leaf_cache_size: int = 1000
+    ca_page_host: str = "interceptor.ca"
+
+    def __post_init__(self) -> None:
+        # Expanded here, not only in the loader, so TLSConfig() equals a loaded default.
+        object.__setattr__(self, "ca_dir", _expand_user(self.ca_dir))
+        if self.upstream_ca_bundle:
+            object.__setattr__(self, "upstream_ca_bundle", _expand_user(self.upstream_ca_bundle))
+        object.__setattr__(self, "passthrough", tuple(self.passthrough))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Process resource limits. ``max_open_files=None`` means raise the soft limit to hard."""
+
+    max_open_files: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin/metrics endpoint; an empty ``listen`` disables it."""
+
+    listen: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "listen", tuple(self.listen))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging."""
+
+    access: bool = True
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. ``source`` is the file loaded, or ``""`` if none was."""
+
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = ""
+
+
+_SECTIONS: dict[str, type] = {
+    "proxy": ProxyConfig,
+    "upstream": UpstreamConfig,
+    "tls": TLSConfig,
+    "limits": LimitsConfig,
+    "admin": AdminConfig,
+    "log": LogConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Value kinds: how a TOML/Python value and an environment string become a typed value.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A problem with one value; the caller adds the source and key."""
+
+
+def _type_name(value: object) -> str:
+    # Name types the way TOML does, since that is what most users will have written.
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, datetime | date | time):
+        return "date/time"
+    if value is None:
+        return "nothing"
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    # -1.0 reads better as -1 in "must be > 0, got -1".
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    label: str  # for documentation
+    coerce: Callable[[object], object]  # TOML or Python value -> typed value
+    parse_env: Callable[[str], object]  # environment string -> value for coerce()
+
+
+def _coerce_float(value: object) -> float:
+    # bool is an int subclass, but `true` meaning 1 second is never what anyone meant.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {_type_name(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise _Invalid(f"expected a finite number, got {_show(number)}")
+    return number
+
+
+def _env_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise _Invalid(f"expected a number, got {text!r}") from None
+
+
+def _coerce_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _env_int(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise _Invalid(f"expected an integer, got {text!r}") from None
+
+
+def _coerce_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected a boolean, got {_type_name(value)}")
+    return value
+
+
+_ENV_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _env_bool(text: str) -> bool:
+    try:
+        return _ENV_BOOLS[text.strip().lower()]
+    except KeyError:
+        raise _Invalid(f"expected true/false/1/0/yes/no/on/off, got {text!r}") from None
+
+
+def _coerce_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _coerce_strs(value: object) -> tuple[str, ...]:
+    # A lone string is a one-item list, except "" which is the empty list (so `listen = ""`
+    # disables the admin endpoint, as an empty environment variable does).
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"expected a string or an array of strings, got {_type_name(value)}")
+    for index, item in enumerate(value, 1):
+        if not isinstance(item, str):
+            raise _Invalid(f"expected an array of strings, item {index} is {_type_name(item)}")
+    return tuple(value)
+
+
+def _env_strs(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+")
+
+
+def _coerce_hosts(value: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a table of name = address, got {_type_name(value)}")
+    hosts: dict[str, str] = {}
+    for name, address in value.items():
+        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name.lower()):
+            raise _Invalid(f"not a host name: {name!r}")
+        if not isinstance(address, str):
+            raise _Invalid(f"address for {name!r}: expected a string, got {_type_name(address)}")
+        if not address or any(ch.isspace() for ch in address):
+            raise _Invalid(f"address for {name!r} must be a non-empty host or IP, got {address!r}")
+        if name.lower() in hosts:
+            raise _Invalid(f"host {name.lower()!r} given twice")
+        hosts[name.lower()] = address
+    return types.MappingProxyType(hosts)
+
+
+def _env_hosts(text: str) -> dict[str, str]:
+    hosts: dict[str, str] = {}
+    for pair in text.split(","):
+        if not pair.strip():
+            continue
+        name, sep, address = pair.partition("=")
+        if not sep:
+            raise _Invalid(f"expected comma-separated name=address pairs, got {pair.strip()!r}")
+        if name.strip().lower() in hosts:
+            raise _Invalid(f"host {name.strip().lower()!r} given twice")
+        hosts[name.strip().lower()] = address.strip()
+    return hosts
+
+
+def _coerce_max_files(value: object) -> int | None:
+    if value is None or value == "hard":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Invalid(f'expected "hard" or an integer, got {_type_name(value)}')
+    if isinstance(value, str):
+        raise _Invalid(f'expected "hard" or an integer, got {value!r}')
+    return value
+
+
+def _env_max_files(text: str) -> int | str:
+    if text.strip().lower() == "hard":
+        return "hard"
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise _Invalid(f'expected "hard" or an integer, got {text!r}') from None
+
+
+_FLOAT = _Kind("float", _coerce_float, _env_float)
+_INT = _Kind("integer", _coerce_int, _env_int)
+_BOOL = _Kind("boolean", _coerce_bool, _env_bool)
+_STR = _Kind("string", _coerce_str, lambda text: text)
+_STRS = _Kind("string or array of strings", _coerce_strs, _env_strs)
+_HOSTS = _Kind("table of strings", _coerce_hosts, _env_hosts)
+_MAX_FILES = _Kind('"hard" or integer', _coerce_max_files, _env_max_files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators: take the typed value, return it (possibly normalised) or raise _Invalid.
+# ---------------------------------------------------------------------------------------------
+
+_Check = Callable[[object], object]
+
+
+def _greater_than(bound: float) -> _Check:
+    def check(value: object) -> object:
+        if not value > bound:  # type: ignore[operator]
+            raise _Invalid(f"must be > {_show(bound)}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _at_least(bound: float) -> _Check:
+    def check(value: object) -> object:
+        if value is not None and not value >= bound:  # type: ignore[operator]
+            raise _Invalid(f"must be >= {_show(bound)}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _one_of(*choices: str) -> _Check:
+    def check(value: object) -> object:
+        if value not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _non_empty(value: object) -> object:
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _hostname(value: object) -> object:
+    name = str(value).lower()
+    if not _HOSTNAME.fullmatch(name):
+        raise _Invalid(f"must be a host name, got {value!r}")
+    return name
+
+
+class _Stub:
+    """Stands in for the reactor: serverFromString only stores it while parsing."""
+
+
+# These endpoint types read key/certificate files or inherited descriptors while parsing, so
+# checking them here would be I/O (and fail outside systemd); they are checked when listening.
+_UNCHECKED_ENDPOINTS = frozenset({"ssl", "tls", "systemd"})
+
+
+def _check_endpoint(description: str) -> None:
+    if not description.strip():
+        raise _Invalid("empty endpoint string")
+    prefix = description.split(":", 1)[0].strip().lower()
+    if prefix in _UNCHECKED_ENDPOINTS:
+        return
+    try:
+        endpoint = serverFromString(_Stub(), description)
+    except (ValueError, LookupError, TypeError) as error:
+        hint = f" (did you mean 'tcp:{description}'?)" if description.isdigit() else ""
+        raise _Invalid(f"not a valid endpoint {description!r}: {error}{hint}") from None
+    # Twisted does not range-check ports while parsing; a typo like 80800 would otherwise
+    # only surface as an OverflowError at startup.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise _Invalid(f"not a valid endpoint {description!r}: port {port} is out of range")
+
+
+def _endpoints(*, required: bool) -> _Check:
+    def check(value: object) -> object:
+        endpoints: tuple[str, ...] = value  # type: ignore[assignment]
+        if required and not endpoints:
+            raise _Invalid("at least one endpoint is required")
+        for description in endpoints:
+            _check_endpoint(description)
+        if len(set(endpoints)) != len(endpoints):
+            raise _Invalid("the same endpoint is listed twice")
+        return endpoints
+
+    return check
+
+
+_GLOB = re.compile(r"[A-Za-z0-9.*-]+")
+
+
+def _passthrough(value: object) -> object:
+    patterns: tuple[str, ...] = value  # type: ignore[assignment]
+    for pattern in patterns:
+        if not pattern:
+            raise _Invalid("empty pattern")
+        if "/" in pattern:
+            try:
+                ipaddress.ip_network(pattern, strict=False)
+            except ValueError as error:
+                raise _Invalid(f"not a valid IP network {pattern!r}: {error}") from None
+            continue
+        try:
+            ipaddress.ip_address(pattern)
+            continue
+        except ValueError:
+            pass
+        if not _GLOB.fullmatch(pattern):
+            raise _Invalid(
+                f"not a host pattern, IP address or CIDR network: {pattern!r} "
+                "(patterns may contain only letters, digits, '.', '-' and '*')"
+            )
+    return patterns
+
+
+def _path(value: object) -> object:
+    return _expand_user(str(value)) if value else value
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema. One entry per setting; it drives the file, environment and command-line paths.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    section: str
+    key: str
+    kind: _Kind
+    default: object  # as written in TOML; goes through the same checks as any other value
+    checks: tuple[_Check, ...]
+    doc: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"{_ENV_PREFIX}{self.section}_{self.key}".upper()
+
+    def check(self, value: object) -> object:
+        value = self.kind.coerce(value)
+        for check in self.checks:
+            value = check(value)
+        return value
+
+
+_POSITIVE = (_greater_than(0),)
+_F = _Field
+
+_FIELDS: tuple[_Field, ...] = (
+    _F("proxy", "listen", _STRS, ["tcp:8080:interface=127.0.0.1"], (_endpoints(required=True),),
+       "Twisted endpoint(s) the proxy listens on."),
+    _F("proxy", "idle_timeout", _FLOAT, 60.0, _POSITIVE,
+       "Seconds a connection may sit idle before it is closed."),
+    _F("proxy", "connect_timeout", _FLOAT, 10.0, _POSITIVE,
+       "Seconds allowed to connect to an upstream server."),
+    _F("proxy", "header_timeout", _FLOAT, 10.0, _POSITIVE,
+       "Seconds allowed to receive a request head; slower clients get 408."),
+    _F("proxy", "half_close_timeout", _FLOAT, 10.0, _POSITIVE,
+       "Seconds a tunnel may stay half-closed before both sides are closed."),
+    _F("proxy", "shutdown_timeout", _FLOAT, 10.0, (_at_least(0),),
+       "Seconds to drain connections on SIGTERM before closing them."),
+    _F("proxy", "sigpipe", _STR, "ignore", (_one_of("ignore", "close", "inherit"),),
+       "SIGPIPE: ignore it, close (abort the failed connection) or inherit the parent's."),
+    _F("upstream", "pool_size", _INT, 8, (_at_least(0),),
+       "Idle persistent connections kept per (scheme, host, port); 0 disables pooling."),
+    _F("upstream", "pool_idle_timeout", _FLOAT, 30.0, _POSITIVE,
+       "Seconds an idle pooled connection is kept."),
+    _F("upstream", "hosts", _HOSTS, {}, (),
+       "Static name -> address overrides used instead of DNS (like curl --resolve)."),
+    _F("tls", "ca_dir", _STR, "~/.interceptor", (_non_empty, _path),
+       "Directory holding the interception CA certificate and key."),
+    _F("tls", "verify_upstream", _BOOL, True, (),
+       "Verify upstream server certificates."),
+    _F("tls", "upstream_ca_bundle", _STR, "", (_path,),
+       "Extra PEM bundle of CAs trusted for upstream servers; empty for none."),
+    _F("tls", "passthrough", _STRS, [], (_passthrough,),
+       "Hosts (globs), IP addresses or CIDR networks tunnelled without interception."),
+    _F("tls", "leaf_cache_size", _INT, 1000, (_at_least(1),),
+       "Number of forged leaf certificates kept in memory."),
+    _F("tls", "ca_page_host", _STR, "interceptor.ca", (_hostname,),
+       "Host name at which the proxy serves its CA certificate for download."),
+    _F("limits", "max_open_files", _MAX_FILES, "hard", (_at_least(64),),
+       'Open-file soft limit to set at startup: "hard" (raise to the hard limit) or >= 64.'),
+    _F("admin", "listen", _STRS, ["tcp:8081:interface=127.0.0.1"], (_endpoints(required=False),),
+       "Twisted endpoint(s) for the admin/metrics endpoint; empty disables it."),
+    _F("log", "access", _BOOL, True, (),
+       "Write one access-log line per request."),
+    _F("log", "format", _STR, "text", (_one_of("text", "json"),),
+       "Log line format: text or json."),
+)  # fmt: skip
+
+_BY_NAME = {f.name: f for f in _FIELDS}
+_BY_ENV = {f.env: f for f in _FIELDS}
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------------------------
+
+
+def _from_file(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read file: {error.strerror or error}") from None
+    try:
+        # utf-8-sig: tolerate the byte-order mark some editors add.
+        document = tomllib.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"malformed TOML: not UTF-8 text ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, "", f"malformed TOML: {error}") from None
+
+    values: dict[str, object] = {}
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(path, section, "unknown section" + _suggest(section, [*_SECTIONS]))
+        if not isinstance(table, dict):
+            raise ConfigError(path, section, f"expected a table, got {_type_name(table)}")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            spec = _BY_NAME.get(name)
+            if spec is None:
+                keys = [f.key for f in _FIELDS if f.section == section]
+                raise ConfigError(path, name, "unknown key" + _suggest(key, keys))
+            try:
+                values[name] = spec.check(value)
+            except _Invalid as error:
+                raise ConfigError(path, name, str(error)) from None
+    return values
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(_ENV_PREFIX) or variable == DEFAULT_CONFIG_ENV:
+            continue
+        spec = _BY_ENV.get(variable)
+        if spec is None:
+            # A typo must not silently fall back to the default.
+            hint = _suggest(variable, [*_BY_ENV, DEFAULT_CONFIG_ENV])
+            raise ConfigError(_SOURCE_ENV, variable, "unknown setting" + hint)
+        try:
+            values[spec.name] = spec.check(spec.kind.parse_env(environ[variable]))
+        except _Invalid as error:
+            raise ConfigError(_SOURCE_ENV, variable, str(error)) from None
+    return values
+
+
+def _from_overrides(overrides: Mapping[str, object]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name, value in overrides.items():
+        spec = _BY_NAME.get(name)
+        if spec is None:
+            raise ConfigError(_SOURCE_CLI, name, "unknown key" + _suggest(name, [*_BY_NAME]))
+        try:
+            values[name] = spec.check(value)
+        except _Invalid as error:
+            raise ConfigError(_SOURCE_CLI, name, str(error)) from None
+    return values
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and overrides.
+
+    ``path=None`` uses ``environ["INTERCEPTOR_CONFIG"]`` when set and non-empty, otherwise no
+    file is read (an empty ``path`` also means no file). ``environ=None`` means
+    ``os.environ``. ``overrides`` maps ``"section.key"`` to already-typed values from the
+    command line. Later sources win: overrides > environment > file > defaults.
+
+    Every source is validated in full even when a later one overrides a value, so a broken
+    file is reported rather than masked. Raises :class:`ConfigError` on the first problem.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get(DEFAULT_CONFIG_ENV) or None
+    source = os.fspath(path) if path else ""
+
+    values = {spec.name: spec.check(spec.default) for spec in _FIELDS}
+    if source:
+        values.update(_from_file(source))
+    values.update(_from_environ(environ))
+    values.update(_from_overrides(overrides or {}))
+
+    sections = {
+        section: cls(**{f.key: values[f.name] for f in _FIELDS if f.section == section})
+        for section, cls in _SECTIONS.items()
+    }
+    return Config(**sections, source=source)
