@@ -1,0 +1,143 @@
+"""The client side: the one Protocol that reads from, writes to, closes and starts TLS on clients.
+
+It owns the client's timers (idle keep-alive, slow request head) and its send-buffer signals, and
+hands everything else to the session. It is half-closeable so that tunnels can relay a FIN; in an
+HTTP exchange the lifecycle table decides what a FIN means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .leg import Leg
+from .lifecycle import Ending, Side
+from .session import ProxyContext, Session
+
+
+@implementer(IPushProducer)
+class _WriteBuffer:
+    """Told by the client transport when its send buffer fills or drains."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client.session.client_write_blocked()
+
+    def resumeProducing(self) -> None:
+        self.client.session.client_write_unblocked()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class ClientConnection(Leg):
+    """One client connection to the proxy."""
+
+    side = Side.CLIENT
+
+    def __init__(self, ctx: ProxyContext, registry: Any = None) -> None:
+        super().__init__(ctx.clock, ctx.counters, registry)
+        self.ctx = ctx
+        self.peer = "-"
+        self.session: Session = None  # type: ignore[assignment]
+        self._last = 0.0
+        self._head_started = 0.0
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.peer = f"{host}:{peer.port}" if host is not None else "unix"
+        self.session = Session(self.ctx, self)
+        self.transport.registerProducer(_WriteBuffer(self), True)
+        clock = self.clock
+        self._last = clock.seconds()
+        self._timer = clock.callLater(self.ctx.idle_timeout, self._check_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        self._last = now = self.clock.seconds()
+        pending = session.reader._in_head
+        session.client_data(data)
+        if not pending and session.reader._in_head:
+            # A head began and did not finish in this read: it now has header_timeout to do so.
+            self._head_started = now
+            deadline = now + self.ctx.header_timeout
+            timer = self._timer
+            if timer is not None and timer.getTime() > deadline:
+                timer.reset(self.ctx.header_timeout)
+
+    def readConnectionLost(self) -> None:
+        self.session.client_lost(Ending.HALF_CLOSED)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        ending = self.ending_of(reason)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.session is not None:
+            self.session.client_lost(ending)
+
+    # -- what the session calls --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client."""
+        if self.ended is None:
+            self.transport.write(data)
+
+    def start_tls(self, factory: Any, leftover: bytes) -> None:
+        """Terminate the client's TLS here; `leftover` are bytes already read past CONNECT."""
+        transport = self.transport
+        transport.unregisterProducer()
+        transport.startTLS(factory)
+        transport.registerProducer(_WriteBuffer(self), True)
+        if leftover:
+            # A ClientHello pipelined behind the CONNECT head was read before TLS existed:
+            # hand it to the TLS layer now, or the handshake waits forever.
+            transport.protocol.dataReceived(leftover)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.ended is not None:
+            return
+        ctx = self.ctx
+        session = self.session
+        now = self.clock.seconds()
+        if session.tunnel is not None or session.flow is not None:
+            deadline = now + ctx.idle_timeout  # not idle: the exchange or tunnel has its own
+        elif session.reader._in_head:
+            deadline = self._head_started + ctx.header_timeout
+        else:
+            deadline = self._last + ctx.idle_timeout
+        if now >= deadline:
+            session.timed_out()
+            return
+        self._timer = self.clock.callLater(deadline - now, self._check_timeout)
+
+
+class ProxyFactory(Factory):
+    """Builds a ClientConnection per accepted client."""
+
+    noisy = False
+
+    def __init__(self, ctx: ProxyContext, registry: Any = None) -> None:
+        self.ctx = ctx
+        self.registry = registry
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        return ClientConnection(self.ctx, self.registry)

@@ -1,0 +1,210 @@
+"""The service tree: signal policy, descriptor limit, CA, listeners, admin endpoint, start/stop.
+
+Start order: process policy (SIGPIPE, RLIMIT_NOFILE) first, so no socket exists before a dead
+peer is made harmless; then the CA (a bad one stops start-up with one line); then listeners.
+Stop order: stop accepting, mark draining (readiness fails), let in-flight exchanges finish up to
+`shutdown_timeout`, abort the rest, close pooled connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import process
+from .accesslog import AccessLog
+from .config import Config
+from .downstream import ProxyFactory
+from .hooks import HookChain
+from .session import ProxyContext
+from .upstream import Pool
+
+_log = Logger(namespace="interceptor")
+
+
+class StartupError(SystemExit):
+    """A start-up failure shown to the user as one line, with a non-zero exit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"interceptor: {message}")
+
+
+class ProxyService(Service):
+    """The whole proxy as one twistd service."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.counters = process.Counters()
+        self.registry: process.SocketRegistry | None = None
+        self.ports: list[Any] = []
+        self.admin_ports: list[Any] = []
+        self.ctx: ProxyContext | None = None
+        self.pool: Pool | None = None
+        self.minter: Any = None
+        self.ca: Any = None
+        self.ready = False
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        cfg = self.config
+        if cfg.proxy.sigpipe == "close":
+            self.registry = process.SocketRegistry()
+        mode, previous = process.apply_sigpipe_policy(
+            cfg.proxy.sigpipe, self.counters, self.registry
+        )
+        _log.info("SIGPIPE policy {mode} (replaced {previous})", mode=mode, previous=previous)
+        old, new, hard = process.raise_nofile(cfg.limits.max_open_files)
+        _log.info(
+            "open files limit: soft {old} -> {new} (hard {hard})", old=old, new=new, hard=hard
+        )
+        hooks = HookChain()
+        tls = self._start_tls(hooks)
+        if cfg.log.access:
+            hooks.add(AccessLog(self.reactor))
+        self.pool = pool = Pool(
+            self.reactor,
+            self.reactor,
+            self.counters,
+            self.registry,
+            size=cfg.upstream.pool_size,
+            idle_timeout=cfg.upstream.pool_idle_timeout,
+            connect_timeout=cfg.proxy.connect_timeout,
+            hosts=cfg.upstream.hosts,
+            tls_creator=tls["creator"],
+        )
+        self.ctx = ProxyContext(
+            self.reactor,
+            self.counters,
+            pool,
+            hooks,
+            idle_timeout=cfg.proxy.idle_timeout,
+            header_timeout=cfg.proxy.header_timeout,
+            half_close_timeout=cfg.proxy.half_close_timeout,
+            intercept=tls["intercept"],
+            passthrough=tls["passthrough"],
+            tunnel_connect=self._tunnel_connect,
+            describe_tls_failure=tls["describe"],
+        )
+        factory = ProxyFactory(self.ctx, self.registry)
+        for description in cfg.proxy.listen:
+            self.ports.append(self._listen(description, factory))
+            _log.info("proxy listening on {endpoint}", endpoint=description)
+        self._start_admin()
+        self.ready = True
+
+    def _listen(self, description: str, factory: Any) -> Any:
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, description)
+        except ValueError as e:
+            raise StartupError(f"cannot use endpoint {description!r}: {e}") from None
+        result: list[Any] = []
+        endpoint.listen(factory).addBoth(result.append)
+        if not result:
+            raise StartupError(f"listening on {description} did not complete at start-up")
+        if isinstance(result[0], Failure):
+            raise StartupError(f"cannot listen on {description}: {result[0].getErrorMessage()}")
+        return result[0]
+
+    def _start_tls(self, hooks: HookChain) -> dict[str, Any]:
+        """CA, leaf minter, upstream verification, passthrough and the CA page."""
+        try:
+            from . import tls
+        except ImportError:  # TEMPORARY until tls.py lands
+            return {"creator": None, "intercept": None, "passthrough": None, "describe": None}
+        from .capage import CAPage
+
+        cfg = self.config.tls
+        try:
+            self.ca = ca = tls.CertificateAuthority.load_or_create(cfg.ca_dir)
+            upstream = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
+        except tls.TLSSetupError as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
+        verb = "created" if ca.created else "loaded"
+        _log.info("CA certificate {verb}: {path} (trust this file)", verb=verb, path=ca.cert_path)
+        if not cfg.verify_upstream:
+            _log.warn("verify_upstream = false: upstream certificates are NOT checked")
+        self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
+        hooks.add(CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)))
+        patterns = cfg.passthrough
+        return {
+            "creator": upstream.creator_for,
+            "intercept": lambda host, port: tls.InterceptContextFactory(minter, host),
+            "passthrough": (lambda host: tls.host_matches(host, patterns)) if patterns else None,
+            "describe": tls.describe_tls_failure,
+        }
+
+    def _tunnel_connect(self, host: str, port: int, session: Any) -> Any:
+        from .tunnel import connect_tunnel
+
+        cfg = self.config
+        d = connect_tunnel(
+            self.reactor,
+            self.counters,
+            self.registry,
+            cfg.upstream.hosts,
+            cfg.proxy.connect_timeout,
+            cfg.proxy.half_close_timeout,
+            host,
+            port,
+            session,
+        )
+        session._connecting = d
+        return d
+
+    def _start_admin(self) -> None:
+        if not self.config.admin.listen:
+            return
+        try:
+            from .admin import admin_site
+        except ImportError:
+            return
+        site = admin_site(self)
+        for description in self.config.admin.listen:
+            self.admin_ports.append(self._listen(description, site))
+            _log.info("admin listening on {endpoint}", endpoint=description)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self.ready = False
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.draining = True
+        await defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True
+        )
+        if ctx is not None:
+            deadline = self.reactor.seconds() + self.config.proxy.shutdown_timeout
+            # Idle keep-alive clients are closed now; busy ones get until the deadline.
+            for s in list(ctx.sessions):
+                if s.flow is None and s.tunnel is None:
+                    s.client.close()
+            while any(s.flow is not None for s in ctx.sessions):
+                if self.reactor.seconds() >= deadline:
+                    break
+                await _sleep(self.reactor, 0.05)
+            for s in list(ctx.sessions):
+                s.client.abort("shutdown")
+        if self.pool is not None:
+            self.pool.close_all()
+        for p in self.admin_ports:
+            await defer.maybeDeferred(p.stopListening)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

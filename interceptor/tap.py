@@ -1,0 +1,60 @@
+"""twistd glue: command-line Options and makeService, the only place that touches the reactor."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from . import __version__
+from .config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    """`twistd interceptor` options. Everything else lives in the config file (conf/)."""
+
+    synopsis = "[--config FILE] [--listen ENDPOINT ...]"
+    longdesc = (
+        "An HTTP/TLS intercepting forward proxy. Settings come from, in order of precedence: "
+        "these options, INTERCEPTOR_<SECTION>_<KEY> environment variables, the TOML file "
+        "(--config or $INTERCEPTOR_CONFIG), built-in defaults. See conf/interceptor.toml."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: $INTERCEPTOR_CONFIG)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Endpoint to listen on, e.g. tcp:9090:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"interceptor {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        overrides: dict[str, Any] = {}
+        if self["listen"]:
+            overrides["proxy.listen"] = list(self["listen"])
+        try:
+            self.config = load_config(self["config"], os.environ, overrides)
+        except ConfigError as e:
+            # One line naming file and key; a SystemExit, so twistd prints no usage or traceback.
+            sys.stderr.write(f"interceptor: {e}\n")
+            raise SystemExit(2) from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the proxy service on the global reactor."""
+    from twisted.internet import reactor
+
+    from .service import ProxyService
+
+    return ProxyService(options.config, reactor)

@@ -1,0 +1,264 @@
+"""The origin side: connections to upstream servers, a pool of idle ones, TLS with verification.
+
+A connection belongs to one session at a time (its `owner`) and reports response events and its
+ending to it; idle, it belongs to the pool. For TLS, nothing is written before the handshake has
+completed and the certificate has been verified: the owner is told "ready" only then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .http1 import ResponseReader
+from .leg import Leg
+from .lifecycle import Ending, Side
+from .process import Counters, SocketRegistry
+
+Key = tuple[str, str, int]  # (scheme, host, port)
+
+
+class Owner(Protocol):
+    """What an upstream connection reports to the session using it."""
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None: ...
+    def upstream_events(self, events: list[tuple[int, Any]]) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, ending: Ending, reason: Failure) -> None: ...
+    def upstream_write_blocked(self) -> None: ...
+    def upstream_write_unblocked(self) -> None: ...
+
+
+@implementer(IHandshakeListener)
+class UpstreamConnection(Leg):
+    """An HTTP/1.1 connection to an origin, parsed through a ResponseReader."""
+
+    side = Side.UPSTREAM
+
+    def __init__(self, pool: Pool, key: Key, owner: Owner | None, tls: bool) -> None:
+        super().__init__(pool.clock, pool.counters, pool.registry)
+        self.pool = pool
+        self.key = key
+        self.owner = owner
+        self.tls = tls
+        self.reader = ResponseReader()
+        self.ready = False
+        self.requests = 0  # requests sent on this connection so far
+        self.idle_since = 0.0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.registerProducer(_WriteBuffer(self), True)
+        if not self.tls:
+            self._ready()
+
+    def handshakeCompleted(self) -> None:
+        # Twisted verified chain and name before calling this; only now may bytes flow.
+        self._ready()
+
+    def _ready(self) -> None:
+        self.ready = True
+        if self.owner is not None:
+            self.owner.upstream_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is None:
+            # Idle in the pool and the origin talks: its framing and ours disagree.
+            self.abort("spurious_upstream_data")
+            return
+        reader = self.reader
+        reader.feed(data)
+        events = reader.events
+        if events:
+            reader.events = []
+            owner.upstream_events(events)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        ending = self.ending_of(reason)
+        owner = self.owner
+        self.owner = None
+        if owner is not None:
+            owner.upstream_lost(self, ending, reason)
+        else:
+            self.pool.discard(self)
+
+    @property
+    def reusable(self) -> bool:
+        """Still connected, and nothing odd was seen on it."""
+        return self.ended is None and self.ready and not self.reader.spurious
+
+
+@implementer(IPushProducer)
+class _WriteBuffer:
+    """Told by the transport when our send buffer fills or drains; tells the owner."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        owner = self.conn.owner
+        if owner is not None:
+            owner.upstream_write_blocked()
+
+    def resumeProducing(self) -> None:
+        owner = self.conn.owner
+        if owner is not None:
+            owner.upstream_write_unblocked()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class OneShotFactory(Factory):
+    """Hands a pre-built protocol to an endpoint."""
+
+    noisy = False
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._proto
+
+
+def _is_ip(host: str) -> int:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+class Pool:
+    """Idle persistent upstream connections per (scheme, host, port), shared by all clients."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        clock: IReactorTime,
+        counters: Counters,
+        registry: SocketRegistry | None,
+        size: int,
+        idle_timeout: float,
+        connect_timeout: float,
+        hosts: Mapping[str, str],
+        tls_creator: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.counters = counters
+        self.registry = registry
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.hosts = hosts
+        self.tls_creator = tls_creator
+        self.idle: dict[Key, list[UpstreamConnection]] = {}
+        self._sweep: Any = None
+        self.connects = 0
+        self.reuses = 0
+
+    def acquire(self, key: Key, owner: Owner) -> UpstreamConnection | None:
+        """An idle connection for `key`, now owned by `owner`, or None."""
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if conn.reusable:
+                conn.owner = owner
+                self.reuses += 1
+                return conn
+        return None
+
+    def connect(self, key: Key, owner: Owner) -> tuple[UpstreamConnection, Deferred]:
+        """Start a new connection owned by `owner`.
+
+        The Deferred fails for connect errors (refused, DNS, timeout); everything after the TCP
+        connect, TLS failures included, arrives through the owner's callbacks.
+        """
+        scheme, host, port = key
+        address = self.hosts.get(host.lower(), host)
+        tls = scheme == "https"
+        conn = UpstreamConnection(self, key, owner, tls)
+        self.connects += 1
+        version = _is_ip(address)
+        endpoint: Any
+        if version == 4:
+            endpoint = endpoints.TCP4ClientEndpoint(
+                self.reactor, address, port, timeout=self.connect_timeout
+            )
+        elif version == 6:
+            endpoint = endpoints.TCP6ClientEndpoint(
+                self.reactor, address, port, timeout=self.connect_timeout
+            )
+        else:
+            endpoint = endpoints.HostnameEndpoint(
+                self.reactor, address, port, timeout=self.connect_timeout
+            )
+        if tls:
+            if self.tls_creator is None:
+                raise RuntimeError("https upstream without TLS support")
+            endpoint = endpoints.wrapClientTLS(self.tls_creator(host), endpoint)
+        return conn, endpoint.connect(OneShotFactory(conn))
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Take back a connection whose exchange ended cleanly."""
+        conn.owner = None
+        if not conn.reusable:
+            conn.close()
+            return
+        conns = self.idle.setdefault(conn.key, [])
+        if len(conns) >= self.size:
+            conn.close()
+            return
+        conn.idle_since = self.clock.seconds()
+        conns.append(conn)
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.idle_timeout / 2, self._expire)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Forget a connection that ended while idle."""
+        conns = self.idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.idle[conn.key]
+
+    def _expire(self) -> None:
+        self._sweep = None
+        cutoff = self.clock.seconds() - self.idle_timeout
+        remaining = False
+        for key, conns in list(self.idle.items()):
+            keep = [c for c in conns if c.idle_since > cutoff]
+            for c in conns:
+                if c.idle_since <= cutoff:
+                    c.close()
+            if keep:
+                self.idle[key] = keep
+                remaining = True
+            else:
+                del self.idle[key]
+        if remaining:
+            self._sweep = self.clock.callLater(self.idle_timeout / 2, self._expire)
+
+    def idle_count(self) -> int:
+        """Idle connections held now, all keys together."""
+        return sum(len(c) for c in self.idle.values())
+
+    def close_all(self) -> None:
+        """Close every idle connection (shutdown)."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for conns in list(self.idle.values()):
+            for c in list(conns):
+                c.close()
+        self.idle.clear()
