@@ -1,0 +1,184 @@
+"""Framing through llhttp: events, strictness, serialisation. No I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from interceptor import http1
+from interceptor.http1 import (
+    BODY,
+    CHUNKED,
+    END,
+    ERROR,
+    HEAD,
+    INFO,
+    LENGTH,
+    NO_BODY,
+    TUNNEL,
+    UNTIL_CLOSE,
+    RequestReader,
+    ResponseReader,
+)
+
+
+def read_request(data: bytes) -> list:
+    r = RequestReader()
+    r.feed(data)
+    return r.events
+
+
+def kinds(events):
+    return [k for k, _ in events]
+
+
+def test_simple_request_events():
+    ev = read_request(b"GET http://a.example/x?y=1 HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    assert kinds(ev) == [HEAD, END]
+    head = ev[0][1]
+    assert head.method == b"GET"
+    assert head.target == b"http://a.example/x?y=1"
+    assert head.version == "1.1"
+    assert head.keep_alive
+    assert head.framing == NO_BODY
+    assert head.headers == [(b"Host", b"a.example")]
+
+
+def test_body_in_pieces_and_pipelining():
+    r = RequestReader()
+    r.feed(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe")
+    r.feed(b"lloGET http://b/ HTTP/1.1\r\nHost: b\r\n\r\n")
+    assert kinds(r.events) == [HEAD, BODY, BODY, END, HEAD, END]
+    assert r.events[0][1].framing == LENGTH and r.events[0][1].length == 5
+    assert b"".join(p for k, p in r.events if k == BODY) == b"hello"
+
+
+def test_chunked_request_is_dechunked():
+    ev = read_request(
+        b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    assert ev[0][1].framing == CHUNKED
+    assert b"".join(p for k, p in ev if k == BODY) == b"abcde"
+    assert ev[-1][0] == END
+
+
+@pytest.mark.parametrize(
+    "raw,status",
+    [
+        (
+            b"POST http://a/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"POST http://a/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
+        (b"POST http://a/ HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", 400),
+        (b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET http://a/\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET http://a/ HTTP/1.1\r\nHo\x01st: a\r\n\r\n", 400),
+        (b"GET http://a/ HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET http://a/ HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        (b"GET http://a/ HTTP/0.9\r\nHost: a\r\n\r\n", 505),
+        (b"GET http://a/ HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"NOT A REQUEST\r\n\r\n", 400),
+    ],
+)
+def test_refused_requests(raw, status):
+    ev = read_request(raw)
+    assert HEAD not in kinds(ev)
+    assert ev[-1][0] == ERROR
+    assert ev[-1][1].status == status
+    assert "\n" not in ev[-1][1].reason
+
+
+def test_head_that_never_ends_is_bounded():
+    r = RequestReader()
+    r.feed(b"GET http://a/ HTTP/1.1\r\nX: ")
+    for _ in range(100):
+        r.feed(b"a" * 4096)
+        if r.closed:
+            break
+    assert r.events and r.events[-1][0] == ERROR and r.events[-1][1].status == 431
+
+
+def test_connect_yields_tunnel_bytes():
+    ev = read_request(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n\x16\x03\x01")
+    assert kinds(ev) == [HEAD, END, TUNNEL]
+    assert ev[0][1].method == b"CONNECT"
+    assert ev[2][1] == b"\x16\x03\x01"
+
+
+def test_no_reads_after_non_persistent_request():
+    r = RequestReader()
+    r.feed(b"GET http://a/ HTTP/1.0\r\n\r\n")
+    assert r.closed
+    r.feed(b"GET http://b/ HTTP/1.0\r\n\r\n")
+    assert kinds(r.events) == [HEAD, END]
+
+
+def read_response(data: bytes, head_only: bool = False) -> ResponseReader:
+    r = ResponseReader()
+    r.expect(head_only)
+    r.feed(data)
+    return r
+
+
+def test_response_framings():
+    r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert kinds(r.events) == [HEAD, BODY, END]
+    assert r.events[0][1].framing == LENGTH and r.events[0][1].keep_alive
+    r = read_response(b"HTTP/1.1 200 OK\r\n\r\nhello")
+    assert kinds(r.events) == [HEAD, BODY]
+    assert r.events[0][1].framing == UNTIL_CLOSE and not r.events[0][1].keep_alive
+    r = read_response(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert kinds(r.events) == [HEAD, END] and r.events[0][1].framing == NO_BODY
+
+
+def test_interim_response_then_final():
+    r = read_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert kinds(r.events) == [INFO, HEAD, END]
+    assert r.events[0][1].status == 100
+
+
+def test_head_response_has_no_body_and_parser_is_reusable():
+    r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", head_only=True)
+    assert kinds(r.events) == [HEAD, END]
+    assert r.events[0][1].framing == NO_BODY
+    r.events = []
+    r.expect(False)
+    r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert kinds(r.events) == [HEAD, BODY, END]
+    assert not r.spurious
+
+
+def test_bytes_after_head_response_are_spurious():
+    r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", head_only=True)
+    assert r.spurious
+
+
+def test_garbage_response_is_an_error():
+    r = read_response(b"SMTP ready\r\n")
+    assert r.events[-1][0] == ERROR and r.events[-1][1].status == 502
+
+
+def test_strip_hop_by_hop_includes_connection_tokens():
+    headers = [
+        (b"Host", b"a"),
+        (b"Connection", b"close, X-Foo"),
+        (b"X-Foo", b"1"),
+        (b"Keep-Alive", b"5"),
+        (b"Proxy-Authorization", b"Basic x"),
+        (b"TE", b"trailers"),
+        (b"X-Keep", b"yes"),
+    ]
+    assert http1.strip_hop_by_hop(headers) == [(b"Host", b"a"), (b"X-Keep", b"yes")]
+
+
+def test_serialisation_round_trips_through_the_parser():
+    raw = http1.serialize_request(b"PUT", b"/x", [(b"Host", b"a"), (b"Content-Length", b"3")])
+    ev = read_request(raw + b"abc")
+    assert kinds(ev) == [HEAD, BODY, END]
+    assert http1.chunk(b"hello") == b"5\r\nhello\r\n"
+    resp = http1.simple_response(502, "Bad Gateway", "upstream refused", close=True)
+    r = read_response(resp)
+    assert r.events[0][1].status == 502
+    assert b"".join(p for k, p in r.events if k == BODY) == b"upstream refused\n"

@@ -1,0 +1,274 @@
+"""The session state machine, driven in memory: no sockets, a fake clock, scripted upstreams.
+
+Like mitmproxy's Playbook tests: bytes in from the client, check what reaches the upstream;
+bytes in from the upstream, check what reaches the client; endings in, check what happens to the
+peer.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from interceptor.downstream import ClientConnection
+from interceptor.hooks import HookChain
+from interceptor.process import Counters
+from interceptor.session import ProxyContext
+from interceptor.upstream import Pool
+
+
+class Transport(StringTransport):
+    """A StringTransport that remembers aborts and tolerates late pause/resume."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self._lenient = True
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class Rig:
+    """A proxy context on a memory reactor, with helpers to play both sides."""
+
+    def __init__(self, **ctx_args) -> None:
+        self.reactor = MemoryReactorClock()
+        self.counters = Counters()
+        self.pool = Pool(self.reactor, self.reactor, self.counters, None, 8, 30.0, 10.0, {}, None)
+        self.ctx = ProxyContext(self.reactor, self.counters, self.pool, HookChain(), **ctx_args)
+        self.upstreams: list[tuple[object, Transport]] = []
+
+    def client(self) -> tuple[ClientConnection, Transport]:
+        proto = ClientConnection(self.ctx)
+        t = Transport()
+        proto.makeConnection(t)
+        return proto, t
+
+    def complete_connect(self, index: int = -1):
+        """Finish the upstream TCP connect the proxy started most recently."""
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+        t = Transport()
+        proto.makeConnection(t)
+        self.upstreams.append((proto, t))
+        return proto, t
+
+    def fail_connect(self, reason: Exception, index: int = -1) -> None:
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        factory.clientConnectionFailed(None, Failure(reason))
+
+
+def lost(proto, exc=None) -> None:
+    proto.connectionLost(Failure(exc or error.ConnectionDone()))
+
+
+GET = b"GET http://127.0.0.1:9000/a HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def test_get_is_forwarded_and_answered_and_upstream_pooled():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(
+        b"GET http://127.0.0.1:9000/a?b=1 HTTP/1.1\r\nHost: wrong\r\n"
+        b"Proxy-Connection: keep-alive\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n"
+    )
+    assert rig.reactor.tcpClients[0][:2] == ("127.0.0.1", 9000)
+    up, ut = rig.complete_connect()
+    sent = ut.value()
+    assert sent.startswith(b"GET /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n")
+    assert b"X-End: 2" in sent
+    assert b"X-Hop" not in sent and b"Proxy-Connection" not in sent
+    up.dataReceived(OK)
+    assert ct.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert ct.value().endswith(b"\r\n\r\nhello")
+    assert rig.pool.idle_count() == 1
+    # The second request reuses the pooled connection: no new connect.
+    ut.clear()
+    client.dataReceived(GET)
+    assert len(rig.reactor.tcpClients) == 1
+    assert ut.value().startswith(b"GET /a HTTP/1.1")
+
+
+def test_pipelined_request_waits_for_the_first_response():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET + GET.replace(b"/a", b"/b"))
+    up, ut = rig.complete_connect()
+    assert ut.value().count(b"GET ") == 1
+    up.dataReceived(OK)
+    assert ut.value().count(b"GET ") == 2
+    assert b"GET /b" in ut.value()
+    up.dataReceived(OK)
+    assert ct.value().count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_client_lost_mid_response_aborts_upstream_at_once():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+    lost(client, error.ConnectionLost())
+    assert ut.aborted
+    assert rig.counters.aborts["client_reset"] == 1
+    assert rig.counters.endings["client", "reset"] == 1
+
+
+def test_client_half_close_mid_exchange_is_treated_as_gone():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    client.readConnectionLost()
+    assert ut.aborted and ct.aborted
+
+
+def test_upstream_lost_before_headers_gives_502_and_keeps_client():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    lost(up, error.ConnectionLost())
+    assert ct.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"upstream closed the connection before responding" in ct.value()
+    assert not ct.disconnecting  # the request had no body: the connection stays usable
+
+
+def test_upstream_lost_mid_body_aborts_client():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+    lost(up, error.ConnectionDone())  # even a clean close: the body is short
+    assert ct.aborted
+
+
+def test_close_delimited_response_is_chunked_to_http11_client():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nabc")
+    lost(up, error.ConnectionDone())
+    out = ct.value()
+    assert b"Transfer-Encoding: chunked" in out
+    assert out.endswith(b"3\r\nabc\r\n0\r\n\r\n")
+    assert not ct.aborted and not ct.disconnecting
+
+
+def test_http10_client_never_gets_chunked():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(b"GET http://127.0.0.1:9000/a HTTP/1.0\r\n\r\n")
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    out = ct.value()
+    assert b"chunked" not in out.lower()
+    assert b"Connection: close" in out
+    assert out.endswith(b"\r\n\r\nabc")
+    assert ct.disconnecting
+
+
+def test_connect_refused_gives_502_with_reason():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    rig.fail_connect(error.ConnectionRefusedError())
+    assert ct.value().startswith(b"HTTP/1.1 502 ")
+    assert b"upstream refused the connection" in ct.value()
+
+
+def test_connect_timeout_gives_504():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    rig.fail_connect(error.TimeoutError())
+    assert ct.value().startswith(b"HTTP/1.1 504 ")
+
+
+def test_origin_form_is_refused_and_connection_closes():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert ct.value().startswith(b"HTTP/1.1 400 ")
+    assert b"absolute URL" in ct.value()
+    assert not rig.reactor.tcpClients
+
+
+def test_malformed_request_400_and_close_nothing_upstream():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(
+        b"POST http://127.0.0.1:9000/ HTTP/1.1\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    assert ct.value().startswith(b"HTTP/1.1 400 ")
+    assert ct.disconnecting
+    assert not rig.reactor.tcpClients
+
+
+def test_chunked_request_body_is_forwarded_chunked():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(
+        b"POST http://127.0.0.1:9000/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    up, ut = rig.complete_connect()
+    client.dataReceived(b"0\r\n\r\n")
+    assert b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" in ut.value()
+
+
+def test_slow_request_head_gets_408():
+    rig = Rig(header_timeout=10.0, idle_timeout=60.0)
+    client, ct = rig.client()
+    client.dataReceived(b"GET http://127.0.0.1:9000/ HTTP/1.1\r\nHost: a\r\n")
+    rig.reactor.advance(9.0)
+    assert ct.value() == b""
+    rig.reactor.advance(1.5)
+    assert ct.value().startswith(b"HTTP/1.1 408 ")
+    assert ct.disconnecting
+
+
+def test_idle_keep_alive_client_is_closed_at_its_bound():
+    rig = Rig(idle_timeout=60.0)
+    client, ct = rig.client()
+    rig.reactor.advance(30)
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(OK)
+    rig.reactor.advance(59)
+    assert not ct.disconnecting
+    rig.reactor.advance(2)
+    assert ct.disconnecting
+    lost(client)
+    assert rig.counters.endings["client", "timed_out"] == 1
+
+
+def test_upstream_backpressure_pauses_client_reading():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    ct.producer.pauseProducing()  # the client's send buffer is full
+    assert ut.producerState == "paused"
+    ct.producer.resumeProducing()
+    assert ut.producerState == "producing"
+
+
+def test_pooled_connection_idle_expiry():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(OK)
+    assert rig.pool.idle_count() == 1
+    rig.reactor.advance(31)
+    rig.reactor.advance(16)
+    assert ut.disconnecting
