@@ -253,7 +253,8 @@ class RequestReader(_Reader):
 
 def _parser_error(e: Exception) -> ProtocolError:
     text = str(e) or type(e).__name__
-    if "version" in text.lower():
+    # llhttp's words for a well-formed but unknown version; a malformed one stays a 400.
+    if text == "Invalid HTTP version":
         return ProtocolError(505, "HTTP version not supported")
     return ProtocolError(400, f"malformed request: {text}")
 

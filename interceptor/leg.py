@@ -95,6 +95,20 @@ class Leg(Protocol):
         self.transport.loseConnection()
         self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
 
+    def truncate(self, reason: str, framed: bool) -> None:
+        """End a response that was cut short, visibly: never as a clean end of message.
+
+        `framed`: the client's framing (length or chunks) shows the body is incomplete, so the
+        bytes already relayed are flushed and then the connection closes. Otherwise only a reset
+        can say "incomplete", and buffered bytes are dropped with it.
+        """
+        if not framed:
+            self.abort(reason)
+            return
+        if self.ended is None and self._aborted_for is None:
+            self.counters.aborts[reason] += 1
+            self.close(Ending.ABORTED)
+
     def _drain_expired(self) -> None:
         self._drain_timer = None
         self.abort("drain_timeout", Ending.TIMED_OUT)

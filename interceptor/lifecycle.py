@@ -57,6 +57,8 @@ class Action(Enum):
     ABORT_BOTH = "abort_both"  # half-close in an HTTP exchange: the client is gone (nginx's 499)
     RESPOND_502 = "respond_502"  # upstream failed before any response head: tell the client why
     RESPOND_504 = "respond_504"  # upstream timed out before any response head
+    TRUNCATE_PEER = "truncate_peer"  # client: flush what was relayed, then end so the framing
+    #                                  shows the body is short (RST if only a close could show it)
     FINISH_RESPONSE = "finish_response"  # upstream's clean close is the end of the body
     RELAY_HALF_CLOSE = "relay_half_close"  # tunnel: pass the FIN on, keep the other direction
 
@@ -82,9 +84,10 @@ def _build_table() -> dict[tuple[Side, Ending, Phase], Action]:
             t[C, ending, phase] = A.ABORT_BOTH if ending is E.HALF_CLOSED else A.ABORT_PEER
         # Upstream gone before anything was sent back: the client gets a status naming why.
         t[U, ending, P.REQUEST] = A.RESPOND_504 if ending is E.TIMED_OUT else A.RESPOND_502
-        # Upstream gone mid-body: the client must see truncation, never a clean end.
-        t[U, ending, P.RESPONSE] = A.ABORT_PEER
-        t[U, ending, P.RESPONSE_UNTIL_CLOSE] = A.ABORT_PEER
+        # Upstream gone mid-body: the client must see truncation, never a clean end. What was
+        # already relayed is still delivered, so the client can tell a short body from nothing.
+        t[U, ending, P.RESPONSE] = A.TRUNCATE_PEER
+        t[U, ending, P.RESPONSE_UNTIL_CLOSE] = A.TRUNCATE_PEER
         # Tunnels: a FIN is relayed; a clean full close closes the peer in order; a broken leg
         # breaks the other.
         for side in Side:

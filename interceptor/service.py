@@ -114,10 +114,7 @@ class ProxyService(Service):
 
     def _start_tls(self, hooks: HookChain) -> dict[str, Any]:
         """CA, leaf minter, upstream verification, passthrough and the CA page."""
-        try:
-            from . import tls
-        except ImportError:  # TEMPORARY until tls.py lands
-            return {"creator": None, "intercept": None, "passthrough": None, "describe": None}
+        from . import tls
         from .capage import CAPage
 
         cfg = self.config.tls

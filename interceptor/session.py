@@ -617,6 +617,9 @@ class Session:
                     else f"upstream closed the connection before responding ({ending.value})"
                 )
             self._fail_request(status, detail)
+        elif action is Action.TRUNCATE_PEER:
+            self._keep_alive = False
+            self.client.truncate(f"upstream_{ending.value}", self._out_framing != UNTIL_CLOSE)
         elif action is Action.FINISH_RESPONSE:
             self._keep_alive = self._keep_alive and self._out_framing != UNTIL_CLOSE
             self._response_end()
@@ -682,10 +685,13 @@ class Session:
         self.client.start_tls(factory, leftover)
 
     def _take_tunnel_bytes(self) -> bytes:
+        """Drop the CONNECT's END and return the bytes that followed its head."""
         data = b""
         events = self.events
-        if events and events[0][0] == TUNNEL:
-            data = events.popleft()[1]
+        while events and events[0][0] in (END, TUNNEL):
+            kind, payload = events.popleft()
+            if kind == TUNNEL:
+                data = payload
         return data
 
     def tunnel_established(self, tunnel: Any) -> None:

@@ -39,6 +39,9 @@ def test_safety_properties(side, ending, phase):
     # A broken leg never becomes an orderly end on the other leg.
     if ending in BROKEN and phase is not Phase.IDLE:
         assert action not in (Action.CLOSE_PEER, Action.FINISH_RESPONSE, Action.NOTHING)
+    # Truncation is only ever done to a client whose response was cut short.
+    if action is Action.TRUNCATE_PEER:
+        assert side is Side.UPSTREAM and phase in AFTER_HEADERS
     # Error responses only while no response head has gone to the client.
     if action in (Action.RESPOND_502, Action.RESPOND_504):
         assert phase is Phase.REQUEST and side is Side.UPSTREAM
@@ -50,7 +53,7 @@ def test_safety_properties(side, ending, phase):
         if phase is Phase.RESPONSE_UNTIL_CLOSE and ending in (Ending.CLEAN, Ending.HALF_CLOSED):
             assert action is Action.FINISH_RESPONSE  # ...unless the close IS the end of body
         else:
-            assert action is Action.ABORT_PEER
+            assert action is Action.TRUNCATE_PEER
     # Half-closes are relayed only in tunnels (TLS and HTTP have no use for them).
     if action is Action.RELAY_HALF_CLOSE:
         assert phase is Phase.TUNNEL and ending is Ending.HALF_CLOSED

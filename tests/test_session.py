@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -139,14 +140,27 @@ def test_upstream_lost_before_headers_gives_502_and_keeps_client():
     assert not ct.disconnecting  # the request had no body: the connection stays usable
 
 
-def test_upstream_lost_mid_body_aborts_client():
+def test_upstream_lost_mid_body_truncates_client_visibly():
     rig = Rig()
     client, ct = rig.client()
     client.dataReceived(GET)
     up, ut = rig.complete_connect()
     up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
     lost(up, error.ConnectionDone())  # even a clean close: the body is short
-    assert ct.aborted
+    # What was relayed is delivered, then the connection ends short of Content-Length.
+    assert ct.value().endswith(b"partial")
+    assert ct.disconnecting and not ct.aborted
+    assert rig.counters.aborts["upstream_clean"] == 1
+
+
+def test_upstream_lost_mid_close_delimited_body_resets_http10_client():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(b"GET http://127.0.0.1:9000/a HTTP/1.0\r\n\r\n")
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    lost(up, error.ConnectionLost())
+    assert ct.aborted  # a FIN would read as a complete close-delimited body
 
 
 def test_close_delimited_response_is_chunked_to_http11_client():
@@ -272,3 +286,17 @@ def test_pooled_connection_idle_expiry():
     rig.reactor.advance(31)
     rig.reactor.advance(16)
     assert ut.disconnecting
+
+
+def test_intercepted_connect_starts_tls_and_serves_origin_form():
+    started = []
+    rig = Rig(intercept=lambda host, port: ("ctx", host, port))
+    client, ct = rig.client()
+    client.start_tls = lambda factory, leftover: started.append((factory, leftover))
+    client.dataReceived(b"CONNECT example.test:8443 HTTP/1.1\r\nHost: example.test\r\n\r\n\x16\x03")
+    assert ct.value() == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert started == [(("ctx", "example.test", 8443), b"\x16\x03")]
+    ct.clear()
+    rig.pool.tls_creator = lambda host: optionsForClientTLS(host)
+    client.dataReceived(b"GET /p HTTP/1.1\r\nHost: example.test:8443\r\n\r\n")
+    assert len(rig.reactor.tcpClients) == 1  # the request inside the tunnel went upstream

@@ -1,0 +1,137 @@
+"""The admin endpoint, on its own listener: /healthz, /readyz and /metrics (Prometheus text).
+
+Metrics are read from the one `Counters` object at scrape time by a custom collector, so the hot
+path only bumps plain ints and never touches prometheus-client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from .process import open_fd_count
+
+
+class _Collector:
+    """Turns the service's counters into metric families on each scrape."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Any:
+        svc = self.service
+        c = svc.counters
+        g = GaugeMetricFamily(
+            "interceptor_connections_open", "Connections open now", labels=["side"]
+        )
+        for side in ("client", "upstream"):
+            g.add_metric([side], c.open[side])
+        yield g
+        m = CounterMetricFamily(
+            "interceptor_connections", "Connections accepted or made", labels=["side"]
+        )
+        for side in ("client", "upstream"):
+            m.add_metric([side], c.total[side])
+        yield m
+        m = CounterMetricFamily(
+            "interceptor_connection_endings",
+            "Connection endings by kind (clean, half_closed, reset, aborted, timed_out, tls_failed)",
+            labels=["side", "ending"],
+        )
+        for (side, ending), n in sorted(c.endings.items()):
+            m.add_metric([side, ending], n)
+        yield m
+        m = CounterMetricFamily(
+            "interceptor_aborts", "Aborts done by us, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(c.aborts.items()):
+            m.add_metric([reason], n)
+        yield m
+        m = CounterMetricFamily(
+            "interceptor_responses", "Responses to clients by status class", labels=["class"]
+        )
+        for cls, n in sorted(c.responses.items()):
+            m.add_metric([cls], n)
+        yield m
+        m = CounterMetricFamily(
+            "interceptor_body_bytes", "Body bytes relayed", labels=["direction"]
+        )
+        m.add_metric(["from_client"], c.bytes_from_client)
+        m.add_metric(["to_client"], c.bytes_to_client)
+        yield m
+        m = CounterMetricFamily("interceptor_tls_failures", "TLS failures by side", labels=["side"])
+        for side in ("client", "upstream"):
+            m.add_metric([side], c.tls_failures[side])
+        yield m
+        yield CounterMetricFamily(
+            "interceptor_sigpipe_received", "SIGPIPE signals received", value=c.sigpipe_received
+        )
+        yield CounterMetricFamily(
+            "interceptor_sigpipe_handler_aborts",
+            "Connections aborted by the SIGPIPE handler (close mode)",
+            value=c.sigpipe_aborts,
+        )
+        pool = svc.pool
+        yield GaugeMetricFamily(
+            "interceptor_upstream_pool_idle",
+            "Idle pooled upstream connections",
+            value=pool.idle_count() if pool is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "interceptor_open_fds", "Open file descriptors", value=open_fd_count()
+        )
+        minter = svc.minter
+        m = CounterMetricFamily(
+            "interceptor_leaf_cache", "Leaf certificate cache", labels=["result"]
+        )
+        m.add_metric(["hit"], minter.hits if minter is not None else 0)
+        m.add_metric(["miss"], minter.misses if minter is not None else 0)
+        yield m
+
+
+class _Text(Resource):
+    isLeaf = True
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def render_GET(self, request: Any) -> bytes:
+        status, ctype, body = self.fn()
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", ctype)
+        return body
+
+
+def admin_site(service: Any) -> Site:
+    """The admin web site for `service` (a ProxyService)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(service))
+
+    def healthz() -> tuple[int, bytes, bytes]:
+        return 200, b"text/plain", b"ok\n"
+
+    def readyz() -> tuple[int, bytes, bytes]:
+        ctx = service.ctx
+        ready = service.ready and ctx is not None and not ctx.draining and service.ca is not None
+        if ready:
+            return 200, b"text/plain", b"ready\n"
+        return 503, b"text/plain", b"not ready\n"
+
+    def metrics() -> tuple[int, bytes, bytes]:
+        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+
+    root = Resource()
+    root.putChild(b"healthz", _Text(healthz))
+    root.putChild(b"readyz", _Text(readyz))
+    root.putChild(b"metrics", _Text(metrics))
+    site = Site(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    site.log = lambda request: None  # scrapes every few seconds would drown the access log
+    return site
