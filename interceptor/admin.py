@@ -40,7 +40,7 @@ class _Collector:
         yield m
         m = CounterMetricFamily(
             "interceptor_connection_endings",
-            "Connection endings by kind (clean, half_closed, reset, aborted, timed_out, tls_failed)",
+            "Connection endings by kind: clean, half_closed, reset, aborted, timed_out, tls_failed",
             labels=["side", "ending"],
         )
         for (side, ending), n in sorted(c.endings.items()):
