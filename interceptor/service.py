@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from . import process
@@ -20,6 +20,7 @@ from .accesslog import AccessLog
 from .config import Config
 from .downstream import ProxyFactory
 from .hooks import HookChain
+from .logs import StdoutObserver
 from .session import ProxyContext
 from .upstream import Pool
 
@@ -48,6 +49,17 @@ class ProxyService(Service):
         self.minter: Any = None
         self.ca: Any = None
         self.ready = False
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Attach to twistd's application, and give it our stdout log observer.
+
+        twistd uses an application's ILogObserver component instead of its own stdout writer,
+        which is how `[log] format` and the never-block/never-die stdout rule take effect.
+        """
+        setComponent = getattr(parent, "setComponent", None)
+        if setComponent is not None:
+            setComponent(ILogObserver, StdoutObserver(self.config.log.format))
+        return super().setServiceParent(parent)
 
     # -- start ---------------------------------------------------------------------------------
 

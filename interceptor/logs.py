@@ -1,0 +1,83 @@
+"""Log output: text or JSON lines on stdout, written so that stdout can never hurt the proxy.
+
+A closed stdout (the reader went away) must not kill us (EPIPE, and SIGPIPE where it is not
+ignored) and a stdout nobody drains must not stall the reactor. So lines are written with one
+non-blocking os.write each: a full pipe drops the line (counted), a broken one turns logging off
+(counted). A log line is worth less than the traffic it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.logger import ILogObserver, formatEvent, formatEventAsClassicLogText
+from zope.interface import implementer
+
+
+@implementer(ILogObserver)
+class StdoutObserver:
+    """Writes each event as a text or JSON line to a file descriptor, never blocking or raising."""
+
+    def __init__(self, fmt: str = "text", fd: int = 1) -> None:
+        self.fd = fd
+        self.json = fmt == "json"
+        self.dropped = 0  # lines dropped because the pipe was full
+        self.dead = False  # the descriptor is gone: nothing more is written
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                # A pipe or socket reader can stall; a file or terminal cannot (in practice).
+                os.set_blocking(fd, False)
+        except OSError:
+            self.dead = True
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.dead:
+            return
+        try:
+            if self.json:
+                line = json_line(event)
+            else:
+                line = formatEventAsClassicLogText(event)
+                if not line:
+                    return
+            os.write(self.fd, line.encode("utf-8", "replace"))
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError:
+            self.dead = True
+        except Exception:
+            # A log event that cannot be formatted is not worth a crash either.
+            self.dropped += 1
+
+
+_LEGACY_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure"})
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """One flat JSON object: time, level, namespace, text, and the event's own scalar fields.
+
+    Twisted's own eventAsJSON carries its internals (level objects, flattening caches); a log
+    shipper wants `status` and `url` as plain keys.
+    """
+    level = event.get("log_level")
+    out: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), UTC).isoformat(),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace", "-"),
+        "text": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY_KEYS or key in out:
+            continue
+        if isinstance(value, _SCALARS):
+            out[key] = value
+    failure = event.get("log_failure")
+    if failure is not None:
+        out["traceback"] = failure.getTraceback()
+    return json.dumps(out, default=str) + "\n"
