@@ -27,6 +27,8 @@ class StdoutObserver:
         self.json = fmt == "json"
         self.dropped = 0  # lines dropped because the pipe was full
         self.dead = False  # the descriptor is gone: nothing more is written
+        self._stamp_second = -1
+        self._stamp = ""
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
@@ -42,7 +44,7 @@ class StdoutObserver:
             if self.json:
                 line = json_line(event)
             else:
-                line = formatEventAsClassicLogText(event)
+                line = self._text_line(event)
                 if not line:
                     return
             os.write(self.fd, line.encode("utf-8", "replace"))
@@ -53,6 +55,21 @@ class StdoutObserver:
         except Exception:
             # A log event that cannot be formatted is not worth a crash either.
             self.dropped += 1
+
+    def _text_line(self, event: dict[str, Any]) -> str | None:
+        """twistd's classic line; events that carry a pre-rendered `text` skip the formatter."""
+        text = event.get("text")
+        if event.get("log_format") != "{text}" or not isinstance(text, str) or "\n" in text:
+            return formatEventAsClassicLogText(event)
+        when = event.get("log_time", 0.0)
+        second = int(when)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S+0000"
+            )
+        level = getattr(event.get("log_level"), "name", "info")
+        return f"{self._stamp} [{event.get('log_namespace', '-')}#{level}] {text}\n"
 
 
 _LEGACY_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure"})

@@ -54,3 +54,19 @@ def test_full_pipe_drops_lines_instead_of_blocking():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_text_line_fast_path_matches_twistd_style():
+    r, w = os.pipe()
+    try:
+        obs = StdoutObserver("text", fd=w)
+        obs(event(log_format="{text}", text="127.0.0.1:1 GET http://a/ 200 5 0.0010s"))
+        obs(event(log_format="{client} {status}", client="c", status=404))
+        lines = os.read(r, 65536).decode().splitlines()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert lines[0] == (
+        "2023-11-14T22:13:20+0000 [interceptor.access#info] 127.0.0.1:1 GET http://a/ 200 5 0.0010s"
+    )
+    assert lines[1].endswith("[interceptor.access#info] c 404")
