@@ -65,9 +65,7 @@ class StdoutObserver:
         second = int(when)
         if second != self._stamp_second:
             self._stamp_second = second
-            self._stamp = datetime.fromtimestamp(second, UTC).strftime(
-                "%Y-%m-%dT%H:%M:%S+0000"
-            )
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
         level = getattr(event.get("log_level"), "name", "info")
         return f"{self._stamp} [{event.get('log_namespace', '-')}#{level}] {text}\n"
 

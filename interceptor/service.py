@@ -28,7 +28,10 @@ _log = Logger(namespace="interceptor")
 
 
 class StartupError(SystemExit):
-    """A start-up failure shown to the user as one line, with a non-zero exit."""
+    """A start-up failure shown to the user as one line, with a non-zero exit.
+
+    A SystemExit whose message Python prints to stderr: twistd shows no traceback for it.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(f"interceptor: {message}")
@@ -48,6 +51,7 @@ class ProxyService(Service):
         self.pool: Pool | None = None
         self.minter: Any = None
         self.ca: Any = None
+        self.upstream_tls: Any = None
         self.ready = False
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -130,13 +134,8 @@ class ProxyService(Service):
         from .capage import CAPage
 
         cfg = self.config.tls
-        try:
-            self.ca = ca = tls.CertificateAuthority.load_or_create(cfg.ca_dir)
-            upstream = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
-        except tls.TLSSetupError as e:
-            raise StartupError(str(e)) from None
-        except OSError as e:
-            raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
+        self.load_ca()
+        ca, upstream = self.ca, self.upstream_tls
         verb = "created" if ca.created else "loaded"
         _log.info("CA certificate {verb}: {path} (trust this file)", verb=verb, path=ca.cert_path)
         if not cfg.verify_upstream:
@@ -150,6 +149,26 @@ class ProxyService(Service):
             "passthrough": (lambda host: tls.host_matches(host, patterns)) if patterns else None,
             "describe": tls.describe_tls_failure,
         }
+
+    def load_ca(self) -> None:
+        """Load (or create) the CA and the upstream trust store; idempotent.
+
+        makeService calls this before twistd starts logging, so a bad CA or bundle is reported
+        on stderr as one line, not inside the log.
+        """
+        if self.ca is not None:
+            return
+        from . import tls
+
+        cfg = self.config.tls
+        try:
+            ca = tls.CertificateAuthority.load_or_create(cfg.ca_dir)
+            self.upstream_tls = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
+        except tls.TLSSetupError as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
+        self.ca = ca
 
     def _tunnel_connect(self, host: str, port: int, session: Any) -> Any:
         from .tunnel import connect_tunnel

@@ -513,6 +513,9 @@ class Session:
         self._up_ready = False
         if conn is not None:
             if self._upstream_keep_alive:
+                # A slow client may have paused this connection's reading; a pooled connection
+                # must come back readable or the next exchange on it waits forever.
+                conn.resume_reading()
                 self.ctx.pool.release(conn)
             else:
                 conn.owner = None

@@ -57,4 +57,6 @@ def makeService(options: Options) -> IService:
 
     from .service import ProxyService
 
-    return ProxyService(options.config, reactor)
+    service = ProxyService(options.config, reactor)
+    service.load_ca()  # before twistd takes over stderr: a bad CA is one line on stderr
+    return service
