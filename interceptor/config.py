@@ -618,10 +618,18 @@ def _from_file(path: str) -> dict[str, object]:
     return values
 
 
+# Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_8080_TCP... for every
+# Service in the namespace; a Service named "interceptor" must not stop the proxy. No section is
+# called "service" or "port", so these names can never be settings.
+_FOREIGN_PREFIXES = (_ENV_PREFIX + "SERVICE_", _ENV_PREFIX + "PORT")
+
+
 def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     for variable in sorted(environ):
         if not variable.startswith(_ENV_PREFIX) or variable == DEFAULT_CONFIG_ENV:
+            continue
+        if variable.startswith(_FOREIGN_PREFIXES):
             continue
         spec = _BY_ENV.get(variable)
         if spec is None:

@@ -220,7 +220,7 @@ class ProxyService(Service):
             for s in list(ctx.sessions):
                 if s.flow is None and s.tunnel is None:
                     s.client.close()
-            while any(s.flow is not None for s in ctx.sessions):
+            while any(s.flow is not None or s.tunnel is not None for s in ctx.sessions):
                 if self.reactor.seconds() >= deadline:
                     break
                 await _sleep(self.reactor, 0.05)
@@ -230,6 +230,10 @@ class ProxyService(Service):
             self.pool.close_all()
         for p in self.admin_ports:
             await defer.maybeDeferred(p.stopListening)
+        # twistd re-raises the stopping signal on itself after shutdown (exit status 143); a
+        # drained stop is a success, and orchestrators read anything else as a crash.
+        if hasattr(self.reactor, "_exitSignal"):
+            self.reactor._exitSignal = None
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

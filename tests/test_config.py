@@ -652,3 +652,13 @@ def test_direct_construction_normalises() -> None:
     with pytest.raises(TypeError):
         upstream.hosts["b"] = "c"  # type: ignore[index]
     assert ProxyConfig(listen=["tcp:1"]).listen == ("tcp:1",)  # type: ignore[arg-type]
+
+
+def test_kubernetes_service_variables_are_not_settings():
+    env = {
+        "INTERCEPTOR_SERVICE_HOST": "10.0.0.1",
+        "INTERCEPTOR_SERVICE_PORT": "8080",
+        "INTERCEPTOR_PORT": "tcp://10.0.0.1:8080",
+        "INTERCEPTOR_PORT_8080_TCP_ADDR": "10.0.0.1",
+    }
+    assert load_config(None, env) == load_config(None, {})
