@@ -114,6 +114,7 @@ class UpstreamConfig:
 
     pool_size: int = 8
     pool_idle_timeout: float = 30.0
+    read_timeout: float = 60.0
     hosts: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -547,6 +548,8 @@ _FIELDS: tuple[_Field, ...] = (
        "Idle persistent connections kept per (scheme, host, port); 0 disables pooling."),
     _F("upstream", "pool_idle_timeout", _FLOAT, 30.0, _POSITIVE,
        "Seconds an idle pooled connection is kept."),
+    _F("upstream", "read_timeout", _FLOAT, 60.0, _POSITIVE,
+       "Seconds without a byte from an upstream that owes a response (504, or a cut body)."),
     _F("upstream", "hosts", _HOSTS, {}, (),
        "Static name -> address overrides used instead of DNS (like curl --resolve)."),
     _F("tls", "ca_dir", _STR, "~/.interceptor", (_non_empty, _path),

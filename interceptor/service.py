@@ -94,6 +94,7 @@ class ProxyService(Service):
             connect_timeout=cfg.proxy.connect_timeout,
             hosts=cfg.upstream.hosts,
             tls_creator=tls["creator"],
+            read_timeout=cfg.upstream.read_timeout,
         )
         self.ctx = ProxyContext(
             self.reactor,

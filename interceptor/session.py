@@ -341,9 +341,7 @@ class Session:
 
     def _send_head(self, conn: UpstreamConnection) -> None:
         self._up_ready = True
-        conn.reader.expect(self.flow.request.method == "HEAD")  # type: ignore[union-attr]
-        conn.requests += 1
-        conn.transport.write(self._request_bytes)
+        conn.send_request(self._request_bytes, self.flow.request.method == "HEAD")  # type: ignore[union-attr]
         self._pump()
 
     def _connect_failed(self, reason: Failure, conn: UpstreamConnection) -> None:
@@ -363,16 +361,16 @@ class Session:
         if self._discard_body or self.upstream is None:
             return
         if self._req_framing == CHUNKED:
-            self.upstream.transport.write(http1.chunk(data))
+            self.upstream.send(http1.chunk(data))
         else:
-            self.upstream.transport.write(data)
+            self.upstream.send(data)
 
     def _request_end(self) -> None:
         self._request_open = False
         self._request_done = True
         if not self._discard_body and self.upstream is not None:
             if self._req_framing == CHUNKED:
-                self.upstream.transport.write(LAST_CHUNK)
+                self.upstream.send(LAST_CHUNK)
         if self._response_done:
             self._finish()
 
@@ -404,11 +402,23 @@ class Session:
         self._respond_local(status, b"text/plain; charset=utf-8", (text + "\n").encode())
 
     def _respond_local(self, status: int, content_type: bytes, body: bytes) -> None:
-        """Answer the current request ourselves; its body (if any) is read and dropped."""
+        """Answer the current request ourselves; an unread request body ends the connection."""
+        events = self.events
+        while not self._request_done and events and events[0][0] in (BODY, END):
+            # What already arrived of this request's body is dropped; if its end is here too,
+            # the connection stays usable for the next request.
+            kind, payload = events.popleft()
+            if kind == END:
+                self._request_done = True
+                self._request_open = False
         if not self._request_done:
-            # We cannot know the client will send the rest: don't wait for it on this
-            # connection, close after answering (what nginx does for early errors).
+            # The client may never send the rest (it may be waiting for 100 Continue): answer,
+            # stop reading this connection and close it, rather than wait on a body.
             self._keep_alive = False
+            self._request_done = True
+            self._request_open = False
+            self.reader.closed = True
+            self.events.clear()
         self._discard_body = True
         headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body))]
         if not self._keep_alive:

@@ -52,6 +52,9 @@ class UpstreamConnection(Leg):
         self.ready = False
         self.requests = 0  # requests sent on this connection so far
         self.idle_since = 0.0
+        self.reading_paused = False
+        self._last_activity = 0.0
+        self._read_timer: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -68,7 +71,47 @@ class UpstreamConnection(Leg):
         if self.owner is not None:
             self.owner.upstream_ready(self)
 
+    def send_request(self, head: bytes, head_only: bool) -> None:
+        """Send a request head; from now on the upstream owes us a response."""
+        self.reader.expect(head_only)
+        self.requests += 1
+        self._last_activity = self.clock.seconds()
+        if self._read_timer is None:
+            self._read_timer = self.clock.callLater(self.pool.read_timeout, self._check_read)
+        self.transport.write(head)
+
+    def send(self, data: bytes) -> None:
+        """Send request body bytes."""
+        self._last_activity = self.clock.seconds()
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            self._last_activity = self.clock.seconds()
+            super().resume_reading()
+
+    def _check_read(self) -> None:
+        # Lazy timer: activity only stamps a time; the timer re-arms itself from that stamp.
+        self._read_timer = None
+        if self.ended is not None or self.owner is None:
+            return  # gone, or idle in the pool (which has its own idle timeout)
+        timeout = self.pool.read_timeout
+        now = self.clock.seconds()
+        if self.reading_paused:
+            self._last_activity = now  # we are the ones not reading: not the upstream's fault
+        deadline = self._last_activity + timeout
+        if now >= deadline:
+            self.abort("upstream_read_timeout", Ending.TIMED_OUT)
+            return
+        self._read_timer = self.clock.callLater(deadline - now, self._check_read)
+
     def dataReceived(self, data: bytes) -> None:
+        self._last_activity = self.clock.seconds()
         owner = self.owner
         if owner is None:
             # Idle in the pool and the origin talks: its framing and ours disagree.
@@ -83,6 +126,9 @@ class UpstreamConnection(Leg):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         ending = self.ending_of(reason)
+        if self._read_timer is not None and self._read_timer.active():
+            self._read_timer.cancel()
+        self._read_timer = None
         owner = self.owner
         self.owner = None
         if owner is not None:
@@ -152,6 +198,7 @@ class Pool:
         connect_timeout: float,
         hosts: Mapping[str, str],
         tls_creator: Callable[[str], Any] | None = None,
+        read_timeout: float = 60.0,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -162,6 +209,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.hosts = hosts
         self.tls_creator = tls_creator
+        self.read_timeout = read_timeout
         self.idle: dict[Key, list[UpstreamConnection]] = {}
         self._sweep: Any = None
         self.connects = 0

@@ -36,10 +36,12 @@ class Transport(StringTransport):
 class Rig:
     """A proxy context on a memory reactor, with helpers to play both sides."""
 
-    def __init__(self, **ctx_args) -> None:
+    def __init__(self, read_timeout: float = 60.0, **ctx_args) -> None:
         self.reactor = MemoryReactorClock()
         self.counters = Counters()
-        self.pool = Pool(self.reactor, self.reactor, self.counters, None, 8, 30.0, 10.0, {}, None)
+        self.pool = Pool(
+            self.reactor, self.reactor, self.counters, None, 8, 30.0, 10.0, {}, None, read_timeout
+        )
         self.ctx = ProxyContext(self.reactor, self.counters, self.pool, HookChain(), **ctx_args)
         self.upstreams: list[tuple[object, Transport]] = []
 
@@ -300,3 +302,59 @@ def test_intercepted_connect_starts_tls_and_serves_origin_form():
     rig.pool.tls_creator = lambda host: optionsForClientTLS(host)
     client.dataReceived(b"GET /p HTTP/1.1\r\nHost: example.test:8443\r\n\r\n")
     assert len(rig.reactor.tcpClients) == 1  # the request inside the tunnel went upstream
+
+
+def test_silent_upstream_gets_504_at_read_timeout():
+    rig = Rig(read_timeout=5.0)
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    rig.reactor.advance(4.9)
+    assert not ut.aborted
+    rig.reactor.advance(0.2)
+    assert ut.aborted
+    lost(up, error.ConnectionAborted())
+    assert ct.value().startswith(b"HTTP/1.1 504 ")
+    assert rig.counters.endings["upstream", "timed_out"] == 1
+
+
+def test_upstream_stalling_mid_body_truncates_client():
+    rig = Rig(read_timeout=5.0)
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    rig.reactor.advance(3)
+    up.dataReceived(b"def")  # activity pushes the deadline
+    rig.reactor.advance(3)
+    assert not ut.aborted
+    rig.reactor.advance(2.5)
+    assert ut.aborted
+    lost(up, error.ConnectionAborted())
+    assert ct.value().endswith(b"abcdef") and ct.disconnecting
+
+
+def test_upstream_paused_by_slow_client_does_not_time_out():
+    rig = Rig(read_timeout=5.0)
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    ct.producer.pauseProducing()
+    rig.reactor.advance(30)
+    assert not ut.aborted
+    ct.producer.resumeProducing()
+    rig.reactor.advance(5.5)
+    assert ut.aborted
+
+
+def test_early_error_with_unread_body_closes_without_waiting_for_it():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(
+        b"POST /origin-form HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    assert ct.value().startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in ct.value()
+    assert ct.disconnecting
