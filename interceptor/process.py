@@ -74,9 +74,19 @@ class SocketRegistry:
                 pass  # already closed: the kernel dropped it from the set
 
     def failed(self) -> list[Abortable]:
-        """Connections whose sockets report hang-up or error right now."""
+        """Connections whose sockets hold a pending error (a reset Twisted has not seen yet).
+
+        Only EPOLLERR counts. EPOLLHUP alone is also what an orderly close in both directions
+        looks like (a tunnel whose FINs crossed, with data still to relay), and aborting that
+        would cut a healthy transfer. The socket whose send() raised the SIGPIPE has had its
+        error consumed by that send; Twisted reports that one as a lost connection by itself.
+        """
         conns = self._conns
-        return [conns[fd] for fd, _ in self._epoll.poll(0) if fd in conns]
+        return [
+            conns[fd]
+            for fd, events in self._epoll.poll(0)
+            if events & select.EPOLLERR and fd in conns
+        ]
 
     def __len__(self) -> int:
         return len(self._conns)
