@@ -41,6 +41,14 @@ class Leg(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ = True
+        # Responses are written in pieces (head, then body); with Nagle on, a small last piece
+        # waits ~40 ms for the peer's delayed ACK. TLS wrappers forward this to the socket.
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            try:
+                setTcpNoDelay(True)
+            except OSError:
+                pass
         side = self.side.value
         self.counters.open[side] += 1
         self.counters.total[side] += 1
@@ -92,6 +100,12 @@ class Leg(Protocol):
         if self.ended is not None or self.transport is None or self._drain_timer is not None:
             return
         self._closed_for = why
+        # Twisted's TLS layer postpones its close_notify while a producer is registered, and
+        # ours stays registered for the connection's life: let go of it so the close happens.
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # none registered
         self.transport.loseConnection()
         self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
 

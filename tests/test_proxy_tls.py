@@ -768,3 +768,23 @@ def test_client_hello_pipelined_behind_connect_to_passthrough_host(
     assert head.startswith(b"HTTP/1.1 200 "), head
     assert body == body_for("/1k")
     assert leaf.public_bytes(serialization.Encoding.PEM) == pki.good[0]
+
+
+def test_connection_close_inside_tunnel_ends_cleanly_and_promptly(
+    tls_proxy: ProxyProcess, origins: dict[str, TLSOrigin]
+) -> None:
+    """`Connection: close` inside an intercepted tunnel: the proxy sends close_notify and FIN
+    right after the response, not a reset after its drain bound (Twisted's TLS layer holds the
+    close while a producer is registered)."""
+    origin = origins["good"]
+    authority = f"localhost:{origin.port}"
+    ctx = client_context(ca_pem(tls_proxy))
+    with TLSTunnel(tls_proxy.port, authority, ctx, "localhost") as tunnel:
+        tunnel.send(f"GET /1k HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        response = tunnel.read_response()
+        assert response.status == 200 and response.body == body_for("/1k")
+        started = time.monotonic()
+        rest = tunnel.tls.recv(1)  # clean TLS close: b"" (a reset would raise)
+        elapsed = time.monotonic() - started
+    assert rest == b""
+    assert elapsed < 2.0, f"close took {elapsed:.2f}s"
