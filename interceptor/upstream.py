@@ -25,6 +25,8 @@ from .process import Counters, SocketRegistry
 
 Key = tuple[str, str, int]  # (scheme, host, port)
 
+SURPLUS_GRACE = 1.0  # seconds idle before a connection beyond the pool size is closed
+
 
 class Owner(Protocol):
     """What an upstream connection reports to the session using it."""
@@ -260,17 +262,24 @@ class Pool:
     def release(self, conn: UpstreamConnection) -> None:
         """Take back a connection whose exchange ended cleanly."""
         conn.owner = None
-        if not conn.reusable:
+        if not conn.reusable or self.size == 0:
             conn.close()
             return
         conns = self.idle.setdefault(conn.key, [])
-        if len(conns) >= self.size:
-            conn.close()
-            return
         conn.idle_since = self.clock.seconds()
         conns.append(conn)
-        if self._sweep is None:
-            self._sweep = self.clock.callLater(self.idle_timeout / 2, self._expire)
+        # Beyond `size`, the surplus is closed once it has sat idle for SURPLUS_GRACE: under
+        # steady concurrency above `size` a connection is idle only between two requests, and
+        # closing it at once would mean a new TCP (and TLS) handshake for a large share of them.
+        self._schedule(SURPLUS_GRACE if len(conns) > self.size else self.idle_timeout / 2)
+
+    def _schedule(self, delay: float) -> None:
+        sweep = self._sweep
+        if sweep is not None:
+            if sweep.getTime() <= self.clock.seconds() + delay:
+                return
+            sweep.cancel()
+        self._sweep = self.clock.callLater(delay, self._expire)
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Forget a connection that ended while idle."""
@@ -282,20 +291,29 @@ class Pool:
 
     def _expire(self) -> None:
         self._sweep = None
-        cutoff = self.clock.seconds() - self.idle_timeout
-        remaining = False
+        now = self.clock.seconds()
+        cutoff = now - self.idle_timeout
+        surplus_cutoff = now - SURPLUS_GRACE
+        next_delay = 0.0
         for key, conns in list(self.idle.items()):
-            keep = [c for c in conns if c.idle_since > cutoff]
+            # Oldest first (release order): expired ones go, then the surplus beyond `size`
+            # that has been idle past the grace; acquire() takes from the fresh end.
+            keep = []
+            excess = len(conns) - self.size
             for c in conns:
-                if c.idle_since <= cutoff:
+                if c.idle_since <= cutoff or (excess > 0 and c.idle_since <= surplus_cutoff):
+                    excess -= 1
                     c.close()
+                else:
+                    keep.append(c)
             if keep:
                 self.idle[key] = keep
-                remaining = True
+                delay = SURPLUS_GRACE if len(keep) > self.size else self.idle_timeout / 2
+                next_delay = min(next_delay or delay, delay)
             else:
                 del self.idle[key]
-        if remaining:
-            self._sweep = self.clock.callLater(self.idle_timeout / 2, self._expire)
+        if next_delay:
+            self._sweep = self.clock.callLater(next_delay, self._expire)
 
     def idle_count(self) -> int:
         """Idle connections held now, all keys together."""

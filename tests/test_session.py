@@ -358,3 +358,37 @@ def test_early_error_with_unread_body_closes_without_waiting_for_it():
     assert ct.value().startswith(b"HTTP/1.1 400 ")
     assert b"Connection: close" in ct.value()
     assert ct.disconnecting
+
+
+def _exchange_on(rig, count: int) -> list:
+    """`count` clients each fetch once, concurrently; returns their upstream transports."""
+    clients = [rig.client() for _ in range(count)]
+    for c, _ in clients:
+        c.dataReceived(GET)
+    ups = [rig.complete_connect(i) for i in range(-count, 0)]
+    for up, _ in ups:
+        up.dataReceived(OK)
+    return [ut for _, ut in ups]
+
+
+def test_pool_keeps_a_burst_surplus_for_a_grace_then_trims_to_size():
+    rig = Rig()
+    rig.pool.size = 2
+    transports = _exchange_on(rig, 5)
+    assert rig.pool.idle_count() == 5  # nothing closed at release
+    rig.reactor.advance(0.5)
+    assert rig.pool.idle_count() == 5
+    rig.reactor.advance(0.6)
+    assert rig.pool.idle_count() == 2
+    assert sum(t.disconnecting for t in transports) == 3
+    # The two kept are the most recently released; they expire at the idle timeout.
+    rig.reactor.advance(31)
+    rig.reactor.advance(16)
+    assert rig.pool.idle_count() == 0
+
+
+def test_pool_size_zero_closes_at_release():
+    rig = Rig()
+    rig.pool.size = 0
+    (t,) = _exchange_on(rig, 1)
+    assert rig.pool.idle_count() == 0 and t.disconnecting
