@@ -175,7 +175,7 @@ class ProxyService(Service):
         from .tunnel import connect_tunnel
 
         cfg = self.config
-        d = connect_tunnel(
+        return connect_tunnel(
             self.reactor,
             self.counters,
             self.registry,
@@ -186,8 +186,6 @@ class ProxyService(Service):
             port,
             session,
         )
-        session._connecting = d
-        return d
 
     def _start_admin(self) -> None:
         if not self.config.admin.listen:

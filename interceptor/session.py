@@ -15,7 +15,6 @@ from typing import Any
 
 import httptools
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import http1
@@ -40,8 +39,6 @@ from .http1 import (
 from .lifecycle import Action, Ending, Phase, Side, connect_failure, decide
 from .process import Counters
 from .upstream import Key, Pool, UpstreamConnection
-
-_log = Logger(namespace="interceptor.session")
 
 _MAX_QUEUED_EVENTS = 16  # pipelined/early body events held before we stop reading the client
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -81,20 +78,20 @@ class ProxyContext:
 
 
 def _split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
-    """host and port from `host`, `host:port`, `[v6]:port` (a CONNECT target or Host value)."""
-    text = authority.decode("ascii")
-    if text.startswith("["):
-        end = text.index("]")
-        host, rest = text[1:end], text[end + 1 :]
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = int(p)
-    else:
-        host, port = text, default_port
-    if not host or not 0 < port < 65536:
-        raise ValueError(authority)
-    return host.lower(), port
+    """host and port of a CONNECT target (`host:port`, `[v6]:port`), through llhttp's URL parser.
+
+    Raises ValueError for anything that is not a valid authority (including a path or userinfo).
+    """
+    try:
+        url = httptools.parse_url(b"http://" + authority + b"/")
+    except httptools.HttpParserInvalidURLError:
+        raise ValueError("malformed authority") from None
+    if not url.host or url.path != b"/" or url.userinfo or url.query or url.fragment:
+        raise ValueError("malformed authority")
+    port = url.port or default_port
+    if not 0 < port < 65536:
+        raise ValueError("port out of range")
+    return url.host.decode("ascii").lower(), port
 
 
 def _authority(host: str, port: int, default_port: int) -> bytes:
@@ -685,7 +682,7 @@ class Session:
                 self._fail_request(501, "CONNECT is not supported")
                 return
             self._keep_alive = False
-            ctx.tunnel_connect(host, port, self)
+            self._connecting = ctx.tunnel_connect(host, port, self)
             return
         factory = ctx.intercept(host, port)
         leftover = self._take_tunnel_bytes()

@@ -7,6 +7,7 @@ peer.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.ssl import optionsForClientTLS
@@ -392,3 +393,22 @@ def test_pool_size_zero_closes_at_release():
     rig.pool.size = 0
     (t,) = _exchange_on(rig, 1)
     assert rig.pool.idle_count() == 0 and t.disconnecting
+
+
+def test_connect_authority_parsing():
+    from interceptor.session import _split_authority
+
+    assert _split_authority(b"Example.COM:8443", 443) == ("example.com", 8443)
+    assert _split_authority(b"[::1]:8443", 443) == ("::1", 8443)
+    assert _split_authority(b"10.0.0.1", 443) == ("10.0.0.1", 443)
+    for bad in (b"a:b", b"a:99999", b"ex!ample:443", b"user@host:443", b"host:443/path", b""):
+        with pytest.raises(ValueError):
+            _split_authority(bad, 443)
+
+
+def test_bad_connect_target_is_400():
+    rig = Rig(intercept=lambda host, port: None)
+    client, ct = rig.client()
+    client.dataReceived(b"CONNECT host:notaport HTTP/1.1\r\n\r\n")
+    assert ct.value().startswith(b"HTTP/1.1 400 ")
+    assert b"CONNECT target must be host:port" in ct.value()
