@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "LimitsConfig",
     "LogConfig",
+    "HooksConfig",
     "ProxyConfig",
     "TLSConfig",
     "UpstreamConfig",
@@ -168,6 +169,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Addons: objects whose request/response/error/done methods see every exchange."""
+
+    addons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is the file loaded, or ``""`` if none was."""
 
@@ -177,6 +185,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
     source: str = ""
 
 
@@ -187,6 +196,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "admin": AdminConfig,
     "log": LogConfig,
+    "hooks": HooksConfig,
 }
 
 
@@ -469,6 +479,17 @@ def _endpoints(*, required: bool) -> _Check:
 _GLOB = re.compile(r"[A-Za-z0-9.*-]+")
 
 
+_ADDON_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _addon_refs(value: object) -> object:
+    refs: tuple[str, ...] = value  # type: ignore[assignment]
+    for ref in refs:
+        if not _ADDON_REF.fullmatch(ref):
+            raise _Invalid(f"not a 'module:name' reference: {ref!r}")
+    return refs
+
+
 def _passthrough(value: object) -> object:
     patterns: tuple[str, ...] = value  # type: ignore[assignment]
     for pattern in patterns:
@@ -572,6 +593,8 @@ _FIELDS: tuple[_Field, ...] = (
        "Write one access-log line per request."),
     _F("log", "format", _STR, "text", (_one_of("text", "json"),),
        "Log line format: text or json."),
+    _F("hooks", "addons", _STRS, [], (_addon_refs,),
+       "Addons as 'module:name' (an object, or a class made with no arguments), run in order."),
 )  # fmt: skip
 
 _BY_NAME = {f.name: f for f in _FIELDS}

@@ -6,6 +6,7 @@ An addon is any object with some of: `request(flow)`, `response(flow)`, `error(f
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,3 +62,31 @@ class HookChain:
         """The exchange ended, one way or another (access logging lives here)."""
         if self._by_event["done"]:
             self._run("done", flow)
+
+
+class AddonError(Exception):
+    """An addon reference that cannot be loaded; the message is one line naming it."""
+
+
+def load_addons(refs: Sequence[str]) -> list[Any]:
+    """Import each 'module:name'; a class (or other callable type) is instantiated with no args."""
+    addons = []
+    for ref in refs:
+        module_name, _, attr = ref.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except Exception as e:  # ImportError, AttributeError, or the module's own failure
+            raise AddonError(
+                f"hooks.addons: cannot load {ref!r}: {type(e).__name__}: {e}"
+            ) from None
+        if isinstance(obj, type):
+            try:
+                obj = obj()
+            except Exception as e:
+                raise AddonError(f"hooks.addons: {ref!r} failed to start: {e}") from None
+        if not any(callable(getattr(obj, event, None)) for event in _EVENTS):
+            raise AddonError(
+                f"hooks.addons: {ref!r} has none of {', '.join(_EVENTS)}: not an addon"
+            )
+        addons.append(obj)
+    return addons

@@ -52,6 +52,7 @@ class ProxyService(Service):
         self.minter: Any = None
         self.ca: Any = None
         self.upstream_tls: Any = None
+        self.addons: list[Any] = []
         self.ready = False
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -82,6 +83,8 @@ class ProxyService(Service):
         )
         hooks = HookChain()
         tls = self._start_tls(hooks)
+        for addon in self.addons:
+            hooks.add(addon)
         if cfg.log.access:
             hooks.add(AccessLog(self.reactor))
         self.pool = pool = Pool(
@@ -135,7 +138,7 @@ class ProxyService(Service):
         from .capage import CAPage
 
         cfg = self.config.tls
-        self.load_ca()
+        self.prepare()
         ca, upstream = self.ca, self.upstream_tls
         verb = "created" if ca.created else "loaded"
         _log.info("CA certificate {verb}: {path} (trust this file)", verb=verb, path=ca.cert_path)
@@ -151,15 +154,21 @@ class ProxyService(Service):
             "describe": tls.describe_tls_failure,
         }
 
-    def load_ca(self) -> None:
-        """Load (or create) the CA and the upstream trust store; idempotent.
+    def prepare(self) -> None:
+        """Load what can fail on the user's input: the CA, the trust store, the addons.
 
-        makeService calls this before twistd starts logging, so a bad CA or bundle is reported
-        on stderr as one line, not inside the log.
+        makeService calls this before twistd starts logging, so a bad CA, bundle or addon is
+        reported on stderr as one line, not inside the log. Idempotent.
         """
         if self.ca is not None:
             return
         from . import tls
+        from .hooks import AddonError, load_addons
+
+        try:
+            self.addons = load_addons(self.config.hooks.addons)
+        except AddonError as e:
+            raise StartupError(str(e)) from None
 
         cfg = self.config.tls
         try:

@@ -456,9 +456,11 @@ class Session:
         if flow is None or self._response_started:
             self._upstream_garbage(ProtocolError(502, "unexpected upstream response"))
             return
-        headers = http1.strip_hop_by_hop(head.headers)
-        flow.response = Response(head.status, head.reason, headers)
+        flow.response = response = Response(
+            head.status, head.reason, http1.strip_hop_by_hop(head.headers)
+        )
         self.ctx.hooks.response(flow)
+        headers = response.headers  # as the hooks left them
         framing = head.framing
         out = framing
         if framing == CHUNKED or framing == UNTIL_CLOSE:
@@ -477,8 +479,8 @@ class Session:
         self._out_framing = out
         self._upstream_keep_alive = head.keep_alive
         self._response_started = True
-        flow.status = head.status
-        self.client.write(http1.serialize_response(head.status, head.reason, headers))
+        flow.status = response.status
+        self.client.write(http1.serialize_response(response.status, response.reason, headers))
 
     def _response_body(self, data: bytes) -> None:
         flow = self.flow

@@ -58,5 +58,5 @@ def makeService(options: Options) -> IService:
     from .service import ProxyService
 
     service = ProxyService(options.config, reactor)
-    service.load_ca()  # before twistd takes over stderr: a bad CA is one line on stderr
+    service.prepare()  # before twistd takes over stderr: a bad CA or addon is one line there
     return service

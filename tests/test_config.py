@@ -17,6 +17,7 @@ from interceptor.config import (
     AdminConfig,
     Config,
     ConfigError,
+    HooksConfig,
     LimitsConfig,
     LogConfig,
     ProxyConfig,
@@ -35,6 +36,7 @@ SECTION_CLASSES = {
     "limits": LimitsConfig,
     "admin": AdminConfig,
     "log": LogConfig,
+    "hooks": HooksConfig,
 }
 ALL_KEYS = [f.name for f in config_module._FIELDS]
 
@@ -471,6 +473,7 @@ def test_every_key_has_a_working_env_var() -> None:
         "tls.ca_dir": "/ca",
         "tls.upstream_ca_bundle": "/b.pem",
         "tls.ca_page_host": "ca.test",
+        "hooks.addons": "pkg.mod:Addon, other:thing",
     }
     for spec in config_module._FIELDS:
         value = samples.get(spec.name, "7")
@@ -662,3 +665,11 @@ def test_kubernetes_service_variables_are_not_settings():
         "INTERCEPTOR_PORT_8080_TCP_ADDR": "10.0.0.1",
     }
     assert load_config(None, env) == load_config(None, {})
+
+
+def test_addon_references_are_validated():
+    cfg = load_config(environ={"INTERCEPTOR_HOOKS_ADDONS": "a.b:C,d:e"})
+    assert cfg.hooks.addons == ("a.b:C", "d:e")
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"INTERCEPTOR_HOOKS_ADDONS": "not a reference"})
+    assert "module:name" in str(info.value)

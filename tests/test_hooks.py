@@ -1,0 +1,134 @@
+"""Hooks: the addon chain in memory, and addons changing real traffic through a real twistd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from interceptor.flow import Flow, Request
+from interceptor.hooks import AddonError, HookChain, load_addons
+from tests.support import OriginServer, ProxyProcess, respond, run_curl
+
+
+def make_flow() -> Flow:
+    flow = Flow("127.0.0.1:1", 0.0)
+    flow.request = Request("GET", "http", "a.test", 80, b"/", [(b"Host", b"a.test")], "1.1")
+    return flow
+
+
+def test_chain_runs_addons_in_order_and_contains_failures():
+    seen = []
+
+    class First:
+        def request(self, flow):
+            seen.append("first")
+            raise RuntimeError("boom")
+
+    class Second:
+        def request(self, flow):
+            seen.append("second")
+
+        def done(self, flow):
+            seen.append("done")
+
+    chain = HookChain([First(), Second()])
+    flow = make_flow()
+    chain.request(flow)
+    chain.response(flow)  # nobody listens: nothing happens
+    chain.done(flow)
+    assert seen == ["first", "second", "done"]
+    assert chain.failures == 1
+
+
+def test_load_addons_instantiates_classes_and_takes_objects(tmp_path, monkeypatch):
+    (tmp_path / "my_addons.py").write_text(
+        textwrap.dedent(
+            """
+            class Tag:
+                def request(self, flow):
+                    pass
+
+            class Helper:
+                pass
+
+            tagger = Tag()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first, second = load_addons(["my_addons:Tag", "my_addons:tagger"])
+    assert type(first).__name__ == "Tag" and type(second).__name__ == "Tag"
+    for bad, words in [
+        ("my_addons:Missing", "cannot load 'my_addons:Missing'"),
+        ("no_such_module_xyz:X", "cannot load"),
+        ("my_addons:Helper", "not an addon"),
+    ]:
+        with pytest.raises(AddonError) as info:
+            load_addons([bad])
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
+ADDON_MODULE = """
+from interceptor.flow import Flow
+
+
+class Tag:
+    \"\"\"Marks requests going upstream and responses coming back; blocks one host.\"\"\"
+
+    def request(self, flow: Flow) -> None:
+        if flow.request.host == "blocked.test":
+            flow.local = (403, b"text/plain", b"blocked by policy\\n")
+            return
+        flow.request.headers.append((b"X-Tagged", b"yes"))
+
+    def response(self, flow: Flow) -> None:
+        flow.response.headers.append((b"X-Seen-By", b"interceptor"))
+"""
+
+
+def test_addons_change_real_traffic(tmp_path, proxy_factory, origin: OriginServer):
+    (tmp_path / "traffic_addons.py").write_text(ADDON_MODULE)
+    proxy: ProxyProcess = proxy_factory(
+        env={
+            "PYTHONPATH": str(tmp_path),
+            "INTERCEPTOR_HOOKS_ADDONS": "traffic_addons:Tag",
+        }
+    )
+    url = origin.route("/hello", respond(b"hello"))
+    result = run_curl("-x", f"http://127.0.0.1:{proxy.port}", "-i", url)
+    assert result.returncode == 0, result.stderr
+    assert b"X-Seen-By: interceptor" in result.stdout
+    assert result.stdout.endswith(b"hello")
+    (req,) = origin.requests_for("/hello")
+    assert req.header("X-Tagged") == "yes"
+    blocked = run_curl("-x", f"http://127.0.0.1:{proxy.port}", "-i", "http://blocked.test/")
+    assert blocked.stdout.startswith(b"HTTP/1.1 403 ")
+    assert blocked.stdout.endswith(b"blocked by policy\n")
+
+
+def test_a_bad_addon_stops_start_up_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERCEPTOR_")}
+    env.update(
+        {
+            "INTERCEPTOR_TLS_CA_DIR": str(tmp_path / "ca"),
+            "INTERCEPTOR_ADMIN_LISTEN": "",
+            "INTERCEPTOR_HOOKS_ADDONS": "no_such_module_xyz:Thing",
+        }
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "interceptor"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no_such_module_xyz:Thing" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
