@@ -24,8 +24,12 @@ class AccessLog:
         """Log one finished (or failed) exchange."""
         req = flow.request
         duration = self.clock.seconds() - flow.started
-        method = req.method if req is not None else "-"
-        url = req.url if req is not None else "-"
+        if req is not None:
+            method, url = req.method, req.url
+        elif flow.raw is not None:
+            method, url = flow.raw
+        else:
+            method = url = "-"
         error = flow.error
         # The line is rendered here once, as `text`: Twisted's format-string machinery would
         # otherwise cost more than the whole proxied exchange (see logs.StdoutObserver).

@@ -63,6 +63,7 @@ class Flow:
         "bytes_out",
         "status",
         "local",
+        "raw",
     )
 
     def __init__(self, client: str, started: float) -> None:
@@ -76,3 +77,5 @@ class Flow:
         self.status = 0  # what the client got (0: nothing, the exchange was cut)
         # A hook may set this to answer locally: (status, content type, body bytes).
         self.local: tuple[int, bytes, bytes] | None = None
+        # (method, target) as the client sent them, for logs when `request` could not be made.
+        self.raw: tuple[str, str] | None = None

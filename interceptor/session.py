@@ -255,6 +255,7 @@ class Session:
     def _request_head(self, head: RequestHead) -> None:
         ctx = self.ctx
         flow = self.flow = Flow(self.client.peer, ctx.clock.seconds())
+        flow.raw = (head.method.decode("latin-1"), head.target.decode("latin-1"))
         self._request_open = True
         self._request_done = False
         self._response_started = False

@@ -539,6 +539,9 @@ def test_origin_form_request_400(proxy: ProxyProcess, origin: OriginServer) -> N
     assert resp.status == 400
     assert_one_line_reason(resp)
     assert_nothing_reached_origin(proxy, origin)
+    # The access log names what was refused, as the client sent it.
+    line = proxy.wait_for_log(r"^.*\[interceptor\.access#info\] \S+ GET /x 400 .*$")
+    assert "origin-form request" in line.group(0)
 
 
 def test_unknown_host_502(proxy: ProxyProcess, origin: OriginServer) -> None:
