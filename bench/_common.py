@@ -2,12 +2,21 @@
 
 What is here:
 
-* process control: :func:`start_proxy`, :func:`start_origin`, :func:`stop_process`,
-  :func:`wait_for_port`, :func:`free_port`;
-* ``/proc`` readings: :func:`proc_cpu_seconds`, :func:`proc_rss_bytes`, :func:`proc_fd_count`;
-* a tiny blocking HTTP/1.1 client for warm-up checks: :func:`http_request`;
+* process control: :func:`start_proxy`, :func:`start_proxy_on_free_port`, :func:`wait_for_proxy`,
+  :func:`start_origin`, :func:`stop_process`, :func:`stop_proxy_and_origin`,
+  :func:`wait_for_port`, :func:`wait_for_http_ok`, :func:`free_port`, :func:`self_command`,
+  :class:`ChildLines`;
+* ``/proc`` readings: :func:`proc_cpu_seconds`, :func:`proc_rss_bytes`, :func:`proc_hwm_bytes`,
+  :func:`proc_fd_count`, :func:`proc_socket_states`, :func:`proc_alive`, :func:`load_average`;
+* tiny blocking HTTP/1.1 and HTTPS clients for warm-up checks: :func:`http_request`,
+  :func:`https_request` (optionally through a CONNECT tunnel), :func:`request_until_up`;
+* throw-away TLS origin certificates: :func:`make_origin_certs`;
 * statistics and output: :func:`percentile`, :func:`percentiles`, :func:`format_table`,
-  :func:`print_table`.
+  :func:`print_table`, :func:`fmt_number`, :func:`fmt_ratio`, :func:`fmt_change`, and the
+  direct-versus-proxy summary pieces (:func:`latency_fields`, :func:`print_direct_proxy_table`,
+  :func:`goal_verdict`, ...);
+* the command line and the results file: :func:`add_proxy_bench_args`, :func:`check_args`,
+  :func:`load_baseline`, :func:`results_header`, :func:`write_json`.
 
 This file is also the loopback origin server that :func:`start_origin` runs in its own process
 (so its CPU is not counted as the proxy's and it never shares a GIL with the load generator)::
@@ -22,20 +31,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import importlib.util
 import ipaddress
 import json
+import math
 import os
+import platform
+import resource
 import select
+import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from types import ModuleType
+from typing import IO, Any, TypeVar
 
 import httptools
 
@@ -49,6 +66,8 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 #: First bytes of the origin's statistics request (see :func:`origin_stats`).
 ORIGIN_STATS_PREFIX = b"GET /__origin_stats__ "
+
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,8 +139,22 @@ def wait_for_port(
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+def wait_for_http_ok(host: str, port: int, path: str, deadline: float) -> None:
+    """Poll ``GET path`` on ``host:port`` until it answers 200 (bounded by ``deadline``)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode()
+    while True:
+        try:
+            if http_request(host, port, request, timeout=2).status == 200:
+                return
+        except (OSError, ConnectionError):
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{path} never answered 200")
+        time.sleep(0.05)
+
+
 # --------------------------------------------------------------------------------------------
-# /proc readings
+# /proc readings and process limits
 # --------------------------------------------------------------------------------------------
 
 
@@ -144,14 +177,115 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def proc_cpu_seconds_or_none(pid: int | None) -> float | None:
+    """:func:`proc_cpu_seconds` of ``pid``, or None if there is no pid or it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        return proc_cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a dead child not yet reaped)."""
+    try:
+        state = _proc_stat_fields(pid)[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def proc_rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` in bytes (from ``/proc/PID/statm``)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_SIZE
 
 
+def proc_hwm_bytes(pid: int) -> int:
+    """Peak resident set size (VmHWM) of process ``pid`` in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmHWM for process {pid}")
+
+
 def proc_fd_count(pid: int) -> int:
     """Number of open file descriptors of process ``pid`` (needs the right to read its fds)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+def proc_socket_states(pid: int) -> dict[str, int]:
+    """TCP states of the sockets process ``pid`` holds (IPv4 and IPv6), plus other fd kinds.
+
+    Reads ``/proc/PID/fd`` for socket inodes and ``/proc/net/tcp{,6}`` for their states, so
+    descriptors that did not come back can be told apart (CLOSE_WAIT: a peer half-closed and we
+    never closed; ESTABLISHED: still open; LISTEN: ours).
+    """
+    inodes: set[str] = set()
+    kinds: Counter[str] = Counter()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+        else:
+            kinds[
+                "other:" + target.split(":")[0].split("/")[1 if target.startswith("/") else 0]
+            ] += 1
+    states: Counter[str] = Counter()
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[9] in inodes and parts[9] not in found:
+                found.add(parts[9])
+                states[_TCP_STATES.get(parts[3], parts[3])] += 1
+    if len(inodes) > len(found):
+        states["non-TCP socket"] += len(inodes) - len(found)
+    return dict(states + kinds)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other work on the machine makes every number noisier)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def load_note(load: float | None) -> str | None:
+    """A warning line when the load average ``load`` says other work shares these CPUs."""
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        return (
+            f"note: load average {load:.2f} before we started anything: other work "
+            "shares these CPUs, so latency and CPU figures will be noisier"
+        )
+    return None
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``needed`` (up to the hard limit).
+
+    Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +333,14 @@ def spawn(
     )
 
 
+def self_command(script: str | Path, flag: str, payload: object) -> list[str]:
+    """The command that runs ``script`` again with a hidden ``flag`` and JSON ``payload``.
+
+    How a benchmark starts its own load generators and helper servers in separate processes.
+    """
+    return [sys.executable, str(Path(script).resolve()), flag, json.dumps(payload)]
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> int | None:
     """Stop ``process``: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL and wait again.
 
@@ -235,6 +377,68 @@ def tail_text(path: str | Path, max_lines: int = 40, max_bytes: int = 64 * 1024)
     return "\n".join(lines) if lines else "(empty)"
 
 
+class ChildLines:
+    """Reads the lines a child prints on its stdout (a pipe), each within a deadline.
+
+    Uses poll(), not select(), so it works whatever the descriptor's number.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self._fd = process.stdout.fileno()
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+        self._buf = b""
+
+    def read_line(self, deadline: float) -> bytes | None:
+        """The next line (without its newline), or None at end of file.
+
+        ``deadline`` is a :func:`time.monotonic` value; raises TimeoutError when it passes.
+        """
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if self._poller.poll(remaining * 1000):
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+
+def start_port_reporter(
+    args: Sequence[str],
+    *,
+    what: str,
+    stderr: int | IO[Any] | None = None,
+    timeout: float = 15.0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server child that prints ``PORT n`` first; return ``(process, n)`` once it has.
+
+    ``what`` names it in errors ("the origin"). The child is stopped if it fails to report.
+    """
+    process = spawn(args, stdout=subprocess.PIPE, stderr=stderr)
+    assert process.stdout is not None
+    try:
+        try:
+            line = ChildLines(process).read_line(time.monotonic() + timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{what} did not report its port in time") from None
+        if line is None:
+            raise ProcessExitedError(f"{what} exited with status {process.wait(timeout)}")
+        if not line.startswith(b"PORT "):
+            raise RuntimeError(f"unexpected first line from {what}: {line!r}")
+        port = int(line.split()[1])
+    except BaseException:
+        stop_process(process)
+        raise
+    process.stdout.close()  # It prints nothing more.
+    return process, port
+
+
 def default_twistd() -> list[str]:
     """The command that runs ``twistd`` from the same environment as this Python."""
     twistd = Path(sys.executable).with_name("twistd")
@@ -243,15 +447,24 @@ def default_twistd() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def default_proxy_cmd() -> list[str]:
-    """Command template for the proxy; ``{port}`` and ``{config}`` are filled in later."""
+def default_proxy_cmd(
+    twistd: Sequence[str] | None = None, *, backlog: int | None = None
+) -> list[str]:
+    """Command template for the proxy; ``{port}`` and ``{config}`` are filled in later.
+
+    ``twistd`` is the command that runs twistd (default :func:`default_twistd`); ``backlog``
+    sets the listening socket's backlog (default: twistd's).
+    """
+    listen = f"tcp:{{port}}:interface={LOOPBACK}"
+    if backlog is not None:
+        listen += f":backlog={backlog}"
     return [
-        *default_twistd(),
+        *(default_twistd() if twistd is None else twistd),
         "-n",
         "--pidfile=",
         "interceptor",
         "--listen",
-        "tcp:{port}:interface=127.0.0.1",
+        listen,
         "--config",
         "{config}",
     ]
@@ -265,6 +478,11 @@ def fill_template(args: Iterable[str], **values: object) -> list[str]:
             arg = arg.replace("{" + name + "}", str(value))
         out.append(arg)
     return out
+
+
+def access_log_config(enabled: bool) -> str:
+    """The proxy config that turns its access log on or off (and leaves the rest default)."""
+    return f"[log]\naccess = {'true' if enabled else 'false'}\n"
 
 
 def start_proxy(
@@ -303,6 +521,64 @@ def start_proxy(
         return spawn(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env)
 
 
+def start_proxy_on_free_port(
+    cmd: Sequence[str],
+    config_text: str | None,
+    *,
+    workdir: Path,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """:func:`start_proxy` on a free loopback port; returns ``(process, port, description)``.
+
+    The description ("started (pid N): <command>") is what the benchmarks print and record.
+    """
+    port = free_port()
+    process = start_proxy(port, config_text, workdir=workdir, cmd=cmd, log_path=log_path, env=env)
+    desc = f"started (pid {process.pid}): " + shlex.join(
+        fill_template(cmd, port=port, config=workdir / "interceptor.toml")
+    )
+    return process, port, desc
+
+
+def wait_for_proxy(
+    host: str, port: int, timeout: float, process: subprocess.Popen[Any] | None
+) -> float:
+    """Wait until the proxy accepts connections; returns the deadline used.
+
+    Raises RuntimeError ("the proxy did not come up: ...") if it does not within ``timeout``
+    seconds or if ``process`` exits first.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        wait_for_port(host, port, deadline, process=process)
+    except (TimeoutError, ProcessExitedError) as e:
+        raise RuntimeError(f"the proxy did not come up: {e}") from e
+    return deadline
+
+
+def report_error(error: BaseException, log_path: Path | None, log_kept: bool) -> None:
+    """Print a failed run's error, and the tail of the proxy's output if there is one."""
+    print(f"error: {error}", file=sys.stderr)
+    if log_path is not None:
+        kept = "" if log_kept else "; keep it with --proxy-log FILE"
+        print(f"--- proxy output (tail of {log_path}{kept}) ---", file=sys.stderr)
+        print(tail_text(log_path), file=sys.stderr)
+
+
+def stop_proxy_and_origin(
+    proxy: subprocess.Popen[bytes] | None,
+    origin: tuple[subprocess.Popen[bytes], int] | None,
+) -> None:
+    """Stop the started proxy (noting a failure status) and then the origin, if any."""
+    if proxy is not None:
+        status = stop_process(proxy)
+        if status is not None and status > 0:
+            print(f"note: the proxy exited with status {status}", file=sys.stderr)
+    if origin is not None:
+        stop_process(origin[0])
+
+
 def start_origin(
     size: int,
     *,
@@ -324,51 +600,36 @@ def start_origin(
         if tls_cert is None or tls_key is None:
             raise ValueError("tls_cert and tls_key go together")
         args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
-    process = spawn(args, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    fd = process.stdout.fileno()
-    try:
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the origin did not report its port in time")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 256)
-                if not chunk:
-                    status = process.wait(timeout)
-                    raise ProcessExitedError(f"the origin exited with status {status}")
-                line += chunk
-        if not line.startswith(b"PORT "):
-            raise RuntimeError(f"unexpected first line from the origin: {line!r}")
-        port = int(line.split()[1])
-    except BaseException:
-        stop_process(process)
-        raise
-    process.stdout.close()  # It prints nothing more.
-    return process, port
+    return start_port_reporter(args, what="the origin", timeout=timeout)
 
 
-def origin_stats(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> dict[str, int]:
+def origin_stats(
+    port: int,
+    host: str = LOOPBACK,
+    timeout: float = 5.0,
+    *,
+    cafile: str | Path | None = None,
+    server_name: str = "localhost",
+) -> dict[str, int]:
     """The origin's counters: ``accepts`` (connections) and ``requests`` so far.
 
-    The statistics connection itself is not counted.
+    Over HTTPS (checked against ``cafile`` for ``server_name``) when ``cafile`` is given. The
+    statistics connection itself is not counted.
     """
-    result = http_request(
-        host,
-        port,
-        ORIGIN_STATS_PREFIX + b"HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n",
-        timeout=timeout,
-    )
+    request = ORIGIN_STATS_PREFIX + b"HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n"
+    if cafile is None:
+        result = http_request(host, port, request, timeout=timeout)
+    else:
+        result = https_request(
+            host, port, request, cafile=cafile, server_name=server_name, timeout=timeout
+        )
     if result.status != 200:
         raise RuntimeError(f"origin statistics request answered {result.status}")
     return {k: int(v) for k, v in json.loads(result.body).items()}
 
 
 # --------------------------------------------------------------------------------------------
-# A small blocking HTTP client
+# Small blocking HTTP and HTTPS clients
 # --------------------------------------------------------------------------------------------
 
 
@@ -400,6 +661,29 @@ class _ResponseCollector:
         self.complete = True
 
 
+def _receive_response(
+    sock: socket.socket, host: str, port: int, deadline: float, timeout: float
+) -> HttpResult:
+    """Read and parse one response from ``sock`` before ``deadline``."""
+    collector = _ResponseCollector()
+    parser = httptools.HttpResponseParser(collector)
+    while not collector.complete:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete response from {host}:{port} in {timeout} s")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"{host}:{port} closed the connection before responding")
+        parser.feed_data(data)
+    return HttpResult(
+        status=parser.get_status_code(),
+        headers=collector.headers,
+        body=b"".join(collector.body),
+        keep_alive=parser.should_keep_alive(),
+    )
+
+
 def http_request(host: str, port: int, request: bytes, timeout: float = 10.0) -> HttpResult:
     """Send raw ``request`` bytes to ``host:port`` and read one response (blocking).
 
@@ -408,25 +692,128 @@ def http_request(host: str, port: int, request: bytes, timeout: float = 10.0) ->
     """
     require_loopback(host)
     deadline = time.monotonic() + timeout
-    collector = _ResponseCollector()
-    parser = httptools.HttpResponseParser(collector)
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(request)
-        while not collector.complete:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no complete response from {host}:{port} in {timeout} s")
-            sock.settimeout(remaining)
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"{host}:{port} closed the connection before responding")
-            parser.feed_data(data)
-    return HttpResult(
-        status=parser.get_status_code(),
-        headers=collector.headers,
-        body=b"".join(collector.body),
-        keep_alive=parser.should_keep_alive(),
-    )
+        return _receive_response(sock, host, port, deadline, timeout)
+
+
+class TunnelRefusedError(Exception):
+    """The proxy answered CONNECT with something other than 200 (or garbage)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def connect_request(authority: str) -> bytes:
+    """The CONNECT request head for ``authority``."""
+    return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii")
+
+
+def tunnel_status(reply: bytes) -> int:
+    """The status code of a CONNECT reply head (raises TunnelRefusedError if malformed)."""
+    parts = reply.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise TunnelRefusedError("connect_garbage", f"bad CONNECT reply {reply[:100]!r}")
+    return int(parts[1])
+
+
+def https_request(
+    host: str,
+    port: int,
+    request: bytes,
+    *,
+    cafile: str | Path,
+    server_name: str,
+    tunnel: str | None = None,
+    timeout: float = 10.0,
+) -> HttpResult:
+    """One HTTPS request (blocking), through a CONNECT tunnel to ``tunnel`` if given.
+
+    The server must present a certificate for ``server_name`` that ``cafile`` vouches for.
+    Raises OSError (ssl.SSLError, socket.timeout included), TunnelRefusedError,
+    ConnectionError or httptools.HttpParserError.
+    """
+    require_loopback(host)
+    deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        if tunnel is not None:
+            raw.sendall(connect_request(tunnel))
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                raw.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = raw.recv(4096)
+                if not chunk or len(reply) > 16384:
+                    raise TunnelRefusedError("connect_closed", f"CONNECT reply {reply[:200]!r}")
+                reply += chunk
+            status = tunnel_status(reply)
+            if status != 200:
+                raise TunnelRefusedError(f"connect_{status}", f"CONNECT reply {reply[:200]!r}")
+        with context.wrap_socket(raw, server_hostname=server_name) as sock:
+            sock.sendall(request)
+            return _receive_response(sock, host, port, deadline, timeout)
+
+
+def request_until_up(
+    fetch: Callable[[], _T],
+    deadline: float,
+    label: str,
+    *,
+    fatal: tuple[type[BaseException], ...] = (),
+    retry: tuple[type[BaseException], ...] = (OSError,),
+) -> _T:
+    """``fetch()`` (a blocking request with a 10 s timeout), retried while the server is not up.
+
+    Errors in ``retry`` are retried every 50 ms until ``deadline`` (the listener may be a moment
+    ahead of the rest of the program); a timeout or an error in ``fatal`` fails at once. Every
+    failure is a RuntimeError whose message starts with ``label``.
+    """
+    while True:
+        try:
+            return fetch()
+        except fatal as e:
+            raise RuntimeError(f"{label} failed: {e}") from e
+        except TimeoutError as e:
+            raise RuntimeError(f"{label}: no response in 10 s") from e
+        except retry as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{label} failed: {e!r}") from e
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# Throw-away TLS origin certificates
+# --------------------------------------------------------------------------------------------
+
+
+def _load_test_certs() -> ModuleType:
+    """``tests/certs.py`` loaded by path (``tests`` is not a package, and no other may win)."""
+    path = REPO_ROOT / "tests" / "certs.py"
+    spec = importlib.util.spec_from_file_location("_interceptor_bench_certs", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_origin_certs(
+    directory: Path,
+    *,
+    root_cn: str = "interceptor bench origin root",
+    dns_names: Sequence[str] = ("localhost",),
+) -> tuple[Path, Path, Path]:
+    """An origin root CA and a leaf it signed for ``dns_names`` and ``127.0.0.1``, as PEM.
+
+    Made with ``tests/certs.py`` (EC P-256). Returns ``(root_cert, leaf_cert, leaf_key)`` paths.
+    """
+    certs = _load_test_certs()
+    root = certs.make_origin_root(root_cn)
+    root_path, _ = certs.write_pair(directory, "origin-root", root)
+    leaf = certs.make_server_cert(root, dns_names=dns_names, ip_addresses=(LOOPBACK,))
+    leaf_path, key_path = certs.write_pair(directory, "origin", leaf)
+    return root_path, leaf_path, key_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,9 +875,333 @@ def print_table(
     print(format_table(rows, headers), file=file if file is not None else sys.stdout, flush=True)
 
 
+def fmt_number(value: float | int | None, digits: int = 1) -> str | None:
+    """A number for a table; None or NaN shows as '-' (None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str | None:
+    """``a / b`` as '0.42x'."""
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return f"{a / b:.2f}x"
+
+
+def fmt_change(now: float | None, then: float | None) -> str | None:
+    """Relative change from ``then`` to ``now`` as '+3.1%'."""
+    if now is None or then is None or not then or math.isnan(now) or math.isnan(then):
+        return None
+    return f"{(now / then - 1) * 100:+.1f}%"
+
+
+def read_float_array(path: Path, *, missing_ok: bool = False) -> array[float]:
+    """The doubles a load generator wrote to ``path`` (which is then deleted).
+
+    A missing file gives an empty array with ``missing_ok``, else FileNotFoundError.
+    """
+    values: array[float] = array("d")
+    if missing_ok and not path.exists():
+        return values
+    values.frombytes(path.read_bytes())
+    path.unlink()
+    return values
+
+
 # --------------------------------------------------------------------------------------------
-# The origin server (runs in its own process)
+# Direct-versus-proxy rounds: summaries, tables and goals (throughput.py, tls.py)
 # --------------------------------------------------------------------------------------------
+
+
+def sum_or_none(values: list[float | None]) -> float | None:
+    """Sum of the values, or None if any is missing."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(v for v in values if v is not None))
+
+
+def per_request_us(total_s: float | None, requests: int) -> float | None:
+    """CPU seconds ``total_s`` per request, in µs (None if unmeasured or no requests)."""
+    return total_s / requests * 1e6 if total_s is not None and requests else None
+
+
+def pct_of_core(total_s: float | None, elapsed: float) -> float | None:
+    """CPU seconds ``total_s`` over ``elapsed`` wall seconds, as % of one core."""
+    return total_s / elapsed * 100 if total_s is not None and elapsed else None
+
+
+def merged_array(parts: Iterable[Iterable[float]]) -> array[float]:
+    """All of ``parts`` (e.g. each round's latencies) in one array."""
+    merged: array[float] = array("d")
+    for part in parts:
+        merged.extend(part)
+    return merged
+
+
+def latency_fields(merged: Sequence[float]) -> dict[str, float]:
+    """``p50_ms``, ``p90_ms``, ``p99_ms``, ``p999_ms`` and ``max_ms`` of latencies in seconds."""
+    p50, p90, p99, p999 = percentiles(merged, [50, 90, 99, 99.9])
+    return {
+        "p50_ms": p50 * 1e3,
+        "p90_ms": p90 * 1e3,
+        "p99_ms": p99 * 1e3,
+        "p999_ms": p999 * 1e3,
+        "max_ms": max(merged) * 1e3 if merged else float("nan"),
+    }
+
+
+def error_fields(rounds: Sequence[Any]) -> dict[str, Any]:
+    """``errors`` (by kind), ``error_count`` and ``reconnects`` over rounds that have them."""
+    errors: Counter[str] = Counter()
+    for r in rounds:
+        errors.update(r.errors)
+    return {
+        "errors": dict(errors),
+        "error_count": sum(errors.values()),
+        "reconnects": sum(r.reconnects for r in rounds),
+    }
+
+
+def origin_fields(rounds: Sequence[Any], requests: int) -> dict[str, Any]:
+    """``origin_accepts``, ``origin_requests`` and ``origin_accepts_per_1k`` over rounds."""
+    accepts = sum(r.origin_accepts or 0 for r in rounds)
+    return {
+        "origin_accepts": accepts,
+        "origin_requests": sum(r.origin_requests or 0 for r in rounds),
+        "origin_accepts_per_1k": accepts / requests * 1000 if requests else None,
+    }
+
+
+#: A table row: (label, summary key, digits, ratio proxy/direct?, proxy only?)
+Metric = tuple[str, str, int, bool, bool]
+
+
+def print_direct_proxy_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[Metric],
+    base: Mapping[str, Any] | None,
+    baseline_path: str | None,
+    *,
+    rate_key: str,
+    rate_label: str,
+    title: str | None = None,
+) -> None:
+    """The direct/proxy results table, with baseline columns when ``base`` (its summary) is set.
+
+    Under it, with a baseline, a line on how much the direct numbers (the machine) drifted.
+    """
+    headers = ["metric", "direct", "proxy", "proxy/direct"]
+    if base:
+        headers += ["baseline proxy", "proxy vs baseline"]
+    rows = []
+    for label, key, digits, ratio, proxy_only in metrics:
+        d, p = summary["direct"].get(key), summary["proxy"].get(key)
+        if proxy_only:
+            d = None
+        row: list[str | None] = [
+            label,
+            fmt_number(d, digits),
+            fmt_number(p, digits),
+            fmt_ratio(p, d) if ratio else None,
+        ]
+        if base:
+            b = base.get("proxy", {}).get(key)
+            row += [fmt_number(b, digits), fmt_change(p, b)]
+        rows.append(row)
+    print()
+    if title is not None:
+        print(title)
+    print_table(rows, headers)
+    if base:
+        bd = base.get("direct", {})
+        print(
+            f"direct vs baseline ({baseline_path}): {rate_label} "
+            f"{fmt_change(summary['direct'][rate_key], bd.get(rate_key)) or '-'}, p50 "
+            f"{fmt_change(summary['direct']['p50_ms'], bd.get('p50_ms')) or '-'} "
+            "(how much the machine itself drifted)"
+        )
+
+
+def goal_verdict(
+    text: str,
+    value: float | None,
+    limit: float,
+    shown: str,
+    errors: int,
+    failed: str,
+    not_measured: str = " -- not measured",
+) -> tuple[str, bool | None]:
+    """The goal line ``text`` completed, and whether ``value <= limit`` (None if unmeasured).
+
+    ``shown`` is ``value`` as printed; ``errors`` failed ``failed`` ("proxied requests") fail
+    the goal whatever the value: a proxy that fails requests cheaply must not pass.
+    """
+    if value is None:
+        return text + not_measured, None
+    text += f" -- measured {shown}: "
+    if errors:
+        return text + f"NOT MET ({errors:,} {failed} failed)", False
+    met = value <= limit
+    return text + ("MET" if met else "NOT MET"), met
+
+
+# --------------------------------------------------------------------------------------------
+# Command line, baseline and the results file
+# --------------------------------------------------------------------------------------------
+
+
+def add_proxy_bench_args(
+    parser: argparse.ArgumentParser,
+    *,
+    default_json: Path,
+    access_log_help: str,
+    baseline_help: str = "an earlier results JSON to compare with",
+    check_help: str = "exit with status 1 if the goal is not met",
+) -> None:
+    """The options every direct-versus-proxy benchmark has, after its own.
+
+    ``--access-log``, ``--startup-timeout``, ``--proxy-log``, ``--json``, ``--baseline``,
+    ``--check`` and the hidden ``--loadgen-worker``.
+    """
+    parser.add_argument("--access-log", action="store_true", help=access_log_help)
+    parser.add_argument(
+        "--startup-timeout", type=float, default=30.0, help="seconds to wait for the proxy"
+    )
+    parser.add_argument("--proxy-log", help="keep the started proxy's output in this file")
+    parser.add_argument(
+        "--json",
+        default=str(default_json),
+        help=f"where to write the results (default: {default_json.relative_to(REPO_ROOT)})",
+    )
+    parser.add_argument("--baseline", help=baseline_help)
+    parser.add_argument("--check", action="store_true", help=check_help)
+    parser.add_argument("--loadgen-worker", help=argparse.SUPPRESS)
+
+
+def load_arg_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """Range checks of ``--duration``, ``--rounds``, ``--size``, ``--warmup`` and
+    ``--max-requests``, for :func:`check_args`."""
+    return [
+        (0 < args.duration <= 3600, "--duration must be in (0, 3600] seconds"),
+        (1 <= args.rounds <= 100, "--rounds must be between 1 and 100"),
+        (0 <= args.size <= 64 * 1024 * 1024, "--size must be between 0 and 64 MiB"),
+        (0 <= args.warmup <= 60, "--warmup must be between 0 and 60 seconds"),
+        (1 <= args.max_requests <= 50_000_000, "--max-requests must be between 1 and 50,000,000"),
+    ]
+
+
+def check_args(parser: argparse.ArgumentParser, checks: Iterable[tuple[bool, str]]) -> None:
+    """``parser.error(message)`` for the first check that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+
+
+def load_baseline(
+    path: str | None, params: Mapping[str, object], benchmark: str | None = None
+) -> dict[str, Any] | None:
+    """An earlier results file (None without ``path``), with a note per differing parameter.
+
+    ``params`` are this run's values by JSON key (``--`` plus the key, ``_`` as ``-``, is the
+    option); with ``benchmark`` a file from another benchmark is noted too.
+    """
+    if not path:
+        return None
+    baseline: dict[str, Any] = json.loads(Path(path).read_text())
+    if benchmark is not None and baseline.get("benchmark") != benchmark:
+        print(f"note: {path} is not a {benchmark} benchmark result; comparing anyway")
+    old = baseline.get("params", {})
+    for key, value in params.items():
+        if key in old and old[key] != value:
+            print(f"note: the baseline used --{key.replace('_', '-')} {old[key]}, this run {value}")
+    return baseline
+
+
+def git_revision() -> str | None:
+    """``git describe --always --dirty`` of the repository, if it can be had quickly."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def results_header(benchmark: str, **host: object) -> dict[str, Any]:
+    """The first keys of every results file: benchmark, time, git revision, host.
+
+    ``host`` adds entries to the host description (before ``platform``).
+    """
+    return {
+        "benchmark": benchmark,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": git_revision(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            **host,
+            "platform": platform.platform(),
+        },
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, results: Mapping[str, Any]) -> Path:
+    """Write ``results`` as strict, indented JSON to ``path`` (making its folder); return it."""
+    json_path = Path(path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
+    return json_path
+
+
+# --------------------------------------------------------------------------------------------
+# Origin servers (each runs in its own process)
+# --------------------------------------------------------------------------------------------
+
+
+async def serve_until_stopped(server: asyncio.Server, max_lifetime: float) -> None:
+    """Print ``PORT n`` for the parent, then serve until told to stop; close the server.
+
+    Stops on SIGTERM/SIGINT, when the parent process goes away, or after ``max_lifetime``
+    seconds (0: no limit).
+    """
+    port = server.sockets[0].getsockname()[1]
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    parent = os.getppid()
+    started = time.monotonic()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            break  # Orphaned: whoever started us is gone.
+        if max_lifetime and time.monotonic() - started > max_lifetime:
+            break
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+    server.close()
 
 
 class _OriginCounters:
@@ -567,24 +1278,7 @@ async def _serve_origin(args: argparse.Namespace) -> None:
         reuse_address=True,
         ssl=ssl_context,
     )
-    port = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"PORT {port}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    parent = os.getppid()
-    started = time.monotonic()
-    while not stop.is_set():
-        if os.getppid() != parent:
-            break  # Orphaned: whoever started us is gone.
-        if args.max_lifetime and time.monotonic() - started > args.max_lifetime:
-            break
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            pass
-    server.close()
+    await serve_until_stopped(server, args.max_lifetime)
 
 
 def _origin_main(argv: Sequence[str]) -> None:

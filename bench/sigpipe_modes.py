@@ -64,13 +64,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import itertools
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -93,19 +90,37 @@ from _common import (
     LOOPBACK,
     REPO_ROOT,
     ProcessExitedError,
+    check_args,
+    connect_request,
+    default_proxy_cmd,
+    fmt_number,
     free_port,
     http_request,
+    load_average,
+    load_baseline,
+    load_note,
+    make_origin_certs,
     percentiles,
     print_table,
+    proc_alive,
     proc_cpu_seconds,
     proc_fd_count,
+    proc_hwm_bytes,
     proc_rss_bytes,
+    proc_socket_states,
+    raise_fd_limit,
+    results_header,
+    self_command,
+    serve_until_stopped,
     spawn,
     start_origin,
+    start_port_reporter,
     start_proxy,
     stop_process,
     tail_text,
+    wait_for_http_ok,
     wait_for_port,
+    write_json,
 )
 
 DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "sigpipe_modes.json"
@@ -123,86 +138,6 @@ LAUNCHER = (
 )
 _MIB = 1024 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-# --------------------------------------------------------------------------------------------
-# Certificates for the TLS origin
-# --------------------------------------------------------------------------------------------
-
-
-def make_origin_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """An origin root CA and a server certificate it signed; returns (root, cert, key) paths.
-
-    The server certificate names ``127.0.0.1`` (the intercepted CONNECT target, checked by the
-    proxy's upstream side) and :data:`TUNNEL_HOST` (checked by the tunnel clients themselves).
-    EC P-256, valid for a day.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    day = datetime.timedelta(days=1)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(name("sigpipe bench origin root"))
-        .issuer_name(name("sigpipe bench origin root"))
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - day)
-        .not_valid_after(now + day)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
-        .sign(root_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.DNSName(TUNNEL_HOST),
-        x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(TUNNEL_HOST))
-        .issuer_name(root.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - day)
-        .not_valid_after(now + day)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), False
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    root_path, cert_path, key_path = (
-        directory / "origin-root.pem",
-        directory / "origin.pem",
-        directory / "origin.key",
-    )
-    root_path.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return root_path, cert_path, key_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,20 +238,10 @@ async def _serve_streaming_origin(size: int, cert: str, key: str) -> None:
     if cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(cert, key)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
+    server = await asyncio.get_running_loop().create_server(
         lambda: _StreamingOrigin(size), LOOPBACK, 0, backlog=1024, ssl=ssl_context
     )
-    sys.stdout.write(f"PORT {server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    parent, started = os.getppid(), time.monotonic()
-    while not stop.is_set() and os.getppid() == parent and time.monotonic() - started < 3600:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-    server.close()
+    await serve_until_stopped(server, max_lifetime=3600)
 
 
 def start_streaming_origin(
@@ -330,32 +255,14 @@ def start_streaming_origin(
 
     Its stderr (asyncio's complaints about writes to reset connections) goes to ``log_path``.
     """
-    spec = json.dumps({"size": size, "cert": str(cert or ""), "key": str(key or "")})
+    spec = {"size": size, "cert": str(cert or ""), "key": str(key or "")}
     with open(log_path, "ab") as log:
-        process = spawn(
-            [sys.executable, str(Path(__file__).resolve()), "--origin", spec],
-            stdout=subprocess.PIPE,
+        return start_port_reporter(
+            self_command(__file__, "--origin", spec),
+            what="the streaming origin",
             stderr=log,
+            timeout=timeout,
         )
-    assert process.stdout is not None
-    fd, line, deadline = process.stdout.fileno(), b"", time.monotonic() + timeout
-    try:
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the streaming origin did not report its port in time")
-            if select.select([fd], [], [], remaining)[0]:
-                chunk = os.read(fd, 256)
-                if not chunk:
-                    raise ProcessExitedError(f"the streaming origin exited: {process.wait(5)}")
-                line += chunk
-        if not line.startswith(b"PORT "):
-            raise RuntimeError(f"unexpected first line from the streaming origin: {line!r}")
-    except BaseException:
-        stop_process(process)
-        raise
-    process.stdout.close()
-    return process, int(line.split()[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,15 +331,6 @@ def _phase(name: str) -> float:
     sys.stdout.write(f"PHASE {name} {t:.6f}\n")
     sys.stdout.flush()
     return t
-
-
-def _proxy_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (a dead child not yet reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return state[state.rindex(b")") + 2 : state.rindex(b")") + 3] not in (b"Z", b"X")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
@@ -526,7 +424,7 @@ async def _well_behaved_tunnel(state: _WorkerState, index: int) -> None:
     """
     spec = state.spec
     target = f"{TUNNEL_HOST}:{spec.big_port}"
-    connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+    connect = connect_request(target)
     request = f"GET /bytes/{spec.wb_tunnel_size} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
     while time.monotonic() < state.wb_stop:
         t0 = time.monotonic()
@@ -599,7 +497,7 @@ async def _churn_client(
                     target = f"{LOOPBACK}:{spec.tls_port}"
                 else:
                     target = f"{TUNNEL_HOST}:{spec.big_port}"
-                writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                writer.write(connect_request(target))
                 stage = "connect_response"
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 200"):
@@ -717,7 +615,7 @@ async def run_worker(spec: WorkerSpec) -> dict[str, Any]:
     phases["settle"] = _phase("settle")
     # Settle: well-behaved clients only. Ends early if the proxy died (nothing left to see).
     settle_end = phases["settle"] + spec.settle + 0.5
-    while time.monotonic() < settle_end and _proxy_alive(spec.proxy_pid):
+    while time.monotonic() < settle_end and proc_alive(spec.proxy_pid):
         await asyncio.sleep(min(0.2, max(0.0, settle_end - time.monotonic())))
     state.wb_stop = -math.inf
     leftovers = list(state.tasks)
@@ -754,76 +652,15 @@ async def run_worker(spec: WorkerSpec) -> dict[str, Any]:
 def worker_main(spec_json: str) -> None:
     """Entry point of the worker process: run the spec, print the summary as one JSON line."""
     spec = WorkerSpec(**json.loads(spec_json))
-    _raise_own_fd_limit(spec.max_inflight * 2 + spec.well_behaved + 256)
+    raise_fd_limit(spec.max_inflight * 2 + spec.well_behaved + 256)
     summary = asyncio.run(run_worker(spec))
     sys.stdout.write("RESULT " + json.dumps(summary) + "\n")
     sys.stdout.flush()
 
 
-def _raise_own_fd_limit(needed: int) -> int:
-    """Raise this process's soft RLIMIT_NOFILE towards ``needed``; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft
-
-
 # --------------------------------------------------------------------------------------------
 # Driver: proxy processes, sampling, metrics
 # --------------------------------------------------------------------------------------------
-
-
-def proc_hwm_bytes(pid: int) -> int:
-    """Peak resident set size (VmHWM) of process ``pid`` in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError(f"no VmHWM for process {pid}")
-
-
-_TCP_STATES = {
-    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
-}  # fmt: skip
-
-
-def proc_socket_states(pid: int) -> dict[str, int]:
-    """TCP states of the sockets process ``pid`` holds (IPv4 and IPv6), plus other fd kinds.
-
-    Reads ``/proc/PID/fd`` for socket inodes and ``/proc/net/tcp{,6}`` for their states, so
-    descriptors that did not come back can be told apart (CLOSE_WAIT: a peer half-closed and we
-    never closed; ESTABLISHED: still open; LISTEN: ours).
-    """
-    inodes: set[str] = set()
-    kinds: Counter[str] = Counter()
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-        else:
-            kinds[
-                "other:" + target.split(":")[0].split("/")[1 if target.startswith("/") else 0]
-            ] += 1
-    states: Counter[str] = Counter()
-    found: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 9 and parts[9] in inodes and parts[9] not in found:
-                found.add(parts[9])
-                states[_TCP_STATES.get(parts[3], parts[3])] += 1
-    if len(inodes) > len(found):
-        states["non-TCP socket"] += len(inodes) - len(found)
-    return dict(states + kinds)
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s+(\S+)")
@@ -873,7 +710,7 @@ class Sample:
 
 def sample_proxy(pid: int) -> Sample | None:
     """Read fds, CPU, RSS and VmHWM of ``pid`` now; None if it is gone (or a zombie)."""
-    if not _proxy_alive(pid):
+    if not proc_alive(pid):
         return None
     try:
         return Sample(
@@ -949,18 +786,7 @@ class Proxy:
             child_env["INTERCEPTOR_TLS_PASSTHROUGH"] = TUNNEL_HOST
         else:
             child_env.pop("INTERCEPTOR_TLS_PASSTHROUGH", None)
-        cmd = [
-            sys.executable,
-            "-c",
-            LAUNCHER,
-            "-n",
-            "--pidfile=",
-            "interceptor",
-            "--listen",
-            f"tcp:{{port}}:interface={LOOPBACK}:backlog={backlog}",
-            "--config",
-            "{config}",
-        ]
+        cmd = default_proxy_cmd([sys.executable, "-c", LAUNCHER], backlog=backlog)
         self.process = start_proxy(
             self.port,
             config_text,
@@ -975,7 +801,7 @@ class Proxy:
         try:
             wait_for_port(LOOPBACK, self.port, deadline, process=self.process)
             wait_for_port(LOOPBACK, self.admin_port, deadline, process=self.process)
-            self._wait_ready(deadline)
+            wait_for_http_ok(LOOPBACK, self.admin_port, "/readyz", deadline)
             pin_proxy(self.pid)  # again, for any thread started meanwhile
         except (TimeoutError, ProcessExitedError, RuntimeError) as e:
             self.stop()
@@ -983,24 +809,6 @@ class Proxy:
                 f"the {mode} proxy did not come up: {e}\n--- {self.log_path} ---\n"
                 + tail_text(self.log_path)
             ) from e
-
-    def _wait_ready(self, deadline: float) -> None:
-        """Poll ``/readyz`` until it answers 200 (bounded by ``deadline``)."""
-        while True:
-            try:
-                r = http_request(
-                    LOOPBACK,
-                    self.admin_port,
-                    b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-                    timeout=2,
-                )
-                if r.status == 200:
-                    return
-            except (OSError, ConnectionError):
-                pass
-            if time.monotonic() >= deadline:
-                raise TimeoutError("/readyz never answered 200")
-            time.sleep(0.05)
 
     def alive(self) -> bool:
         """Whether the proxy is still running (reaps it if it has died)."""
@@ -1046,14 +854,6 @@ def pin_proxy(pid: int) -> None:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(tid), cpus)
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (other work on the machine makes every number noisier)."""
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _describe_status(status: int | None) -> str:
@@ -1117,10 +917,6 @@ class RoundResult:
         return out
 
 
-def _worker_cmd(spec: WorkerSpec) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(spec))]
-
-
 @dataclass
 class WorkerRun:
     """What :func:`run_worker_process` gathered."""
@@ -1148,7 +944,9 @@ def run_worker_process(
     states: dict[str, dict[str, int]] = {}
     death: dict[str, Any] = {"status": None, "t": None}
     with open(log_path, "ab") as log:
-        worker = spawn(_worker_cmd(spec), stdout=subprocess.PIPE, stderr=log)
+        worker = spawn(
+            self_command(__file__, "--worker", asdict(spec)), stdout=subprocess.PIPE, stderr=log
+        )
     assert worker.stdout is not None
     fd = worker.stdout.fileno()
     poller = select.poll()  # not select(): the driver may hold 10,000 idle sockets
@@ -1208,6 +1006,18 @@ def run_worker_process(
     return WorkerRun(result, samples, scrapes, death, states)
 
 
+def _worker_spec(proxy: Proxy, env: Env, out_path: Path, **options: Any) -> WorkerSpec:
+    """A worker run through ``proxy`` to ``env``'s origins, writing to ``out_path``."""
+    return WorkerSpec(
+        proxy_port=proxy.port,
+        proxy_pid=proxy.pid,
+        small_port=env.small_port,
+        small_size=env.small_size,
+        out_path=str(out_path),
+        **options,
+    )
+
+
 def _load_latencies(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     path.unlink()
@@ -1253,12 +1063,10 @@ def run_round(
         if check.status != 200 or len(check.body) != env.small_size:
             raise RuntimeError(f"check request through the {mode} proxy answered {check.status}")
         out_path = proxy.workdir / "latencies.json"
-        spec = WorkerSpec(
-            proxy_port=proxy.port,
-            proxy_pid=proxy.pid,
-            small_port=env.small_port,
-            small_size=env.small_size,
-            out_path=str(out_path),
+        spec = _worker_spec(
+            proxy,
+            env,
+            out_path,
             big_port=env.big_port,
             tls_port=env.tls_port,
             big_size=env.big_size,
@@ -1369,15 +1177,6 @@ def run_round(
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | int | None, digits: int = 1) -> str | None:
-    """A number for the table; None or NaN shows as '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
-
-
 def _sum_known(values: list[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
@@ -1486,27 +1285,27 @@ _ROWS: list[tuple[str, Any]] = [
     ("churn client kinds", lambda s: "+".join(s["kinds"]) or "none"),
     ("churn clients started (completed reset)", _churn_text),
     ("well-behaved HTTP ok / failed", lambda s: f"{s['wb_ok']:,} / {s['wb_failed']:,}"),
-    ("well-behaved HTTP success (%)", lambda s: _fmt(s["wb_success_pct"], 2)),
+    ("well-behaved HTTP success (%)", lambda s: fmt_number(s["wb_success_pct"], 2)),
     (
         "  half-closing tunnel downloads ok / failed",
         lambda s: f"{s['tun_ok']:,} / {s['tun_failed']:,}" if "tun_ok" in s else None,
     ),
-    ("  half-closing tunnel success (%)", lambda s: _fmt(s.get("tun_success_pct"), 2)),
-    ("well-behaved p50 (ms)", lambda s: _fmt(s["p50_ms"], 2)),
-    ("well-behaved p99 (ms)", lambda s: _fmt(s["p99_ms"], 2)),
+    ("  half-closing tunnel success (%)", lambda s: fmt_number(s.get("tun_success_pct"), 2)),
+    ("well-behaved p50 (ms)", lambda s: fmt_number(s["p50_ms"], 2)),
+    ("well-behaved p99 (ms)", lambda s: fmt_number(s["p99_ms"], 2)),
     (
         "  p99 of each round (ms)",
-        lambda s: ", ".join(_fmt(x, 1) or "-" for x in s["p99_ms_per_round"]),
+        lambda s: ", ".join(fmt_number(x, 1) or "-" for x in s["p99_ms_per_round"]),
     ),
     ("SIGPIPEs received (/metrics)", lambda s: _counter_text(s, "sigpipe_received")),
     ("SIGPIPE handler aborts", lambda s: _counter_text(s, "sigpipe_aborts")),
-    ("fds before churn", lambda s: _fmt(s["fds_before"])),
-    ("fds peak", lambda s: _fmt(s["fds_peak"])),
-    ("fds settle s after churn", lambda s: _fmt(s["fds_after"]) or "n/a"),
-    ("fds left over (after - before, worst)", lambda s: _fmt(s["fds_leftover"]) or "n/a"),
-    ("proxy CPU s per 1,000 well-behaved", lambda s: _fmt(s["cpu_s_per_1k"], 3)),
-    ("proxy CPU during churn (% of a core)", lambda s: _fmt(s["proxy_cpu_pct"], 0)),
-    ("peak RSS, VmHWM (MiB)", lambda s: _fmt(s["peak_rss_mib"], 1)),
+    ("fds before churn", lambda s: fmt_number(s["fds_before"])),
+    ("fds peak", lambda s: fmt_number(s["fds_peak"])),
+    ("fds settle s after churn", lambda s: fmt_number(s["fds_after"]) or "n/a"),
+    ("fds left over (after - before, worst)", lambda s: fmt_number(s["fds_leftover"]) or "n/a"),
+    ("proxy CPU s per 1,000 well-behaved", lambda s: fmt_number(s["cpu_s_per_1k"], 3)),
+    ("proxy CPU during churn (% of a core)", lambda s: fmt_number(s["proxy_cpu_pct"], 0)),
+    ("peak RSS, VmHWM (MiB)", lambda s: fmt_number(s["peak_rss_mib"], 1)),
 ]
 
 
@@ -1571,32 +1370,6 @@ def verdict(summary: dict[str, dict[str, Any]]) -> list[str]:
                 f"{cl['sigpipe_aborts'] or 0:,} connections aborted by the handler"
             )
     return lines
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _git_revision() -> str | None:
-    """``git describe --always --dirty`` of the repository, if it can be had quickly."""
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
 
 
 def write_plot(rounds: list[RoundResult], path: Path, duration: float) -> str:
@@ -1738,12 +1511,10 @@ def kill_burst(proxy: Proxy, kills: int, interval: float, background: float) -> 
 def idle_probe(proxy: Proxy, env: Env, args: argparse.Namespace, tag: str) -> dict[str, Any]:
     """Well-behaved clients only (no churn) for ``--idle-probe`` seconds: latency and CPU."""
     out_path = proxy.workdir / f"probe-{tag}.json"
-    spec = WorkerSpec(
-        proxy_port=proxy.port,
-        proxy_pid=proxy.pid,
-        small_port=env.small_port,
-        small_size=env.small_size,
-        out_path=str(out_path),
+    spec = _worker_spec(
+        proxy,
+        env,
+        out_path,
         well_behaved=args.well_behaved,
         warmup=0.5,
         duration=args.idle_probe,
@@ -1770,7 +1541,7 @@ def idle_probe(proxy: Proxy, env: Env, args: argparse.Namespace, tag: str) -> di
 def run_idle_cost(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     """The ``--idle-cost`` measurement for ``close`` (and ``ignore`` as the reference)."""
     n = args.idle_connections
-    _raise_own_fd_limit(n + 1024)
+    raise_fd_limit(n + 1024)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < n + 256:
         raise RuntimeError(
@@ -1840,21 +1611,24 @@ def print_idle_cost(res: dict[str, Any], baseline: dict[str, Any] | None) -> Non
             f"SIGPIPE, {n:,} idle: µs proxy CPU per handler run",
             lambda r: per_run(r, "kills_idle"),
         ),
-        ("signals sent per burst", lambda r: _fmt(r["kills_idle"]["kills"])),
-        (f"time to open {n:,} idle (s)", lambda r: _fmt(r["open_seconds"], 1)),
-        ("proxy CPU per accepted idle conn (µs)", lambda r: _fmt(r["cpu_us_per_accept"], 1)),
+        ("signals sent per burst", lambda r: fmt_number(r["kills_idle"]["kills"])),
+        (f"time to open {n:,} idle (s)", lambda r: fmt_number(r["open_seconds"], 1)),
+        ("proxy CPU per accepted idle conn (µs)", lambda r: fmt_number(r["cpu_us_per_accept"], 1)),
         (
             "proxy clients open / fds with idle",
-            lambda r: f"{_fmt(r['clients_open'])} / {_fmt(r['fds_with_idle'])}",
+            lambda r: f"{fmt_number(r['clients_open'])} / {fmt_number(r['fds_with_idle'])}",
         ),
         ("well-behaved p50 / p99, 0 idle (ms)", lambda r: _probe_text(r["probe_0_idle"])),
         (f"well-behaved p50 / p99, {n:,} idle (ms)", lambda r: _probe_text(r["probe_idle"])),
-        ("CPU s per 1k well-behaved, 0 idle", lambda r: _fmt(r["probe_0_idle"]["cpu_s_per_1k"], 3)),
+        (
+            "CPU s per 1k well-behaved, 0 idle",
+            lambda r: fmt_number(r["probe_0_idle"]["cpu_s_per_1k"], 3),
+        ),
         (
             f"CPU s per 1k well-behaved, {n:,} idle",
-            lambda r: _fmt(r["probe_idle"]["cpu_s_per_1k"], 3),
+            lambda r: fmt_number(r["probe_idle"]["cpu_s_per_1k"], 3),
         ),
-        ("peak RSS (MiB)", lambda r: _fmt(r["peak_rss_mib"], 1)),
+        ("peak RSS (MiB)", lambda r: fmt_number(r["peak_rss_mib"], 1)),
         ("survived", lambda r: "yes" if r["alive"] else "NO"),
     ]
     headers = ["metric", "close", "ignore"]
@@ -1871,7 +1645,7 @@ def print_idle_cost(res: dict[str, Any], baseline: dict[str, Any] | None) -> Non
 
 
 def _probe_text(p: dict[str, Any]) -> str:
-    text = f"{_fmt(p['p50_ms'], 2)} / {_fmt(p['p99_ms'], 2)}"
+    text = f"{fmt_number(p['p50_ms'], 2)} / {fmt_number(p['p99_ms'], 2)}"
     return text + (f" ({p['failed']} failed)" if p["failed"] else "")
 
 
@@ -1994,9 +1768,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (0.0001 <= args.kill_interval <= 0.1, "--kill-interval must be in [0.0001, 0.1]"),
         (0.5 <= args.idle_probe <= 60, "--idle-probe must be in [0.5, 60]"),
     ]
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
+    check_args(parser, checks)
     if args.json is None:
         args.json = str(DEFAULT_IDLE_JSON if args.idle_cost else DEFAULT_JSON)
     return args
@@ -2042,8 +1814,8 @@ def _round_line(r: RoundResult, total_rounds: int) -> str:
         f"{r.wb_failed:,} failed, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms; SIGPIPE {sig}, "
         f"handler aborts {ab}; half-closing tunnel downloads {r.tun_ok} ok / {r.tun_failed} "
         f"failed{' ' + str(r.tun_fail_why) if r.tun_failed else ''}; "
-        f"fds {_fmt(r.fds_before)}/{_fmt(r.fds_peak)}/"
-        f"{_fmt(r.fds_after) or 'n/a'}; churn {churn}"
+        f"fds {fmt_number(r.fds_before)}/{fmt_number(r.fds_peak)}/"
+        f"{fmt_number(r.fds_after) or 'n/a'}; churn {churn}"
     )
     if bad:
         line += f"\n    churn clients that did not reach their reset: {bad}"
@@ -2066,16 +1838,7 @@ def main(argv: list[str] | None = None) -> int:
         o = json.loads(args.origin)
         asyncio.run(_serve_streaming_origin(o["size"], o["cert"], o["key"]))
         return 0
-    baseline = None
-    if args.baseline:
-        baseline = json.loads(Path(args.baseline).read_text())
-        old = baseline.get("params", {})
-        for key, value in _params(args).items():
-            if key in old and old[key] != value:
-                print(
-                    f"note: the baseline used --{key.replace('_', '-')} {old[key]}, "
-                    f"this run {value}"
-                )
+    baseline = load_baseline(args.baseline, _params(args))
 
     origins: list[subprocess.Popen[bytes]] = []
     tmp = tempfile.mkdtemp(prefix="bench-sigpipe-")
@@ -2086,7 +1849,11 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = load_average()
     try:
         pinning = setup_pinning(not args.no_pin)
-        root, cert, key = make_origin_pki(workdir / "pki")
+        # The leaf names 127.0.0.1 (the intercepted CONNECT target, checked by the proxy's
+        # upstream side) and TUNNEL_HOST (checked by the tunnel clients themselves).
+        root, cert, key = make_origin_certs(
+            workdir / "pki", root_cn="sigpipe bench origin root", dns_names=(TUNNEL_HOST,)
+        )
         small, small_port = start_origin(args.small_size)
         origins.append(small)
         env = Env(
@@ -2114,11 +1881,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             + f"; {os.cpu_count()} CPUs, {pinning}; proxies start with SIGPIPE at SIG_DFL"
         )
-        if load_at_start is not None and load_at_start > 0.5 * (os.cpu_count() or 1):
-            print(
-                f"note: load average {load_at_start:.2f} before we started anything: other work "
-                "shares these CPUs, so latency and CPU figures will be noisier"
-            )
+        note = load_note(load_at_start)
+        if note:
+            print(note)
         if args.idle_cost:
             idle_results = run_idle_cost(env, args)
         else:
@@ -2157,14 +1922,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workdir kept: {workdir}")
 
     results: dict[str, Any] = {
-        "benchmark": "sigpipe_modes",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_revision(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **results_header("sigpipe_modes"),
         "params": _params(args),
         "wall_seconds": time.monotonic() - started,
         "load_average": {"start": load_at_start, "end": load_average()},
@@ -2183,9 +1941,7 @@ def main(argv: list[str] | None = None) -> int:
         results["rounds"] = [r.to_json() for r in rounds]
         if args.plot:
             print(write_plot(rounds, Path(args.plot), args.duration))
-    json_path = Path(args.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    json_path = write_json(args.json, results)
     print(f"results: {json_path} ({time.monotonic() - started:.0f} s)")
     return 0
 

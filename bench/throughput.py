@@ -31,8 +31,6 @@ import asyncio
 import json
 import math
 import os
-import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -49,21 +47,38 @@ import httptools
 from _common import (
     LOOPBACK,
     REPO_ROOT,
-    ProcessExitedError,
+    Metric,
+    access_log_config,
+    add_proxy_bench_args,
+    check_args,
     default_proxy_cmd,
-    fill_template,
-    free_port,
+    error_fields,
+    goal_verdict,
     http_request,
+    latency_fields,
+    load_arg_checks,
+    load_baseline,
+    merged_array,
+    origin_fields,
     origin_stats,
+    pct_of_core,
+    per_request_us,
     percentiles,
-    print_table,
-    proc_cpu_seconds,
+    print_direct_proxy_table,
+    proc_cpu_seconds_or_none,
+    raise_fd_limit,
+    read_float_array,
+    report_error,
+    request_until_up,
     require_loopback,
+    results_header,
+    self_command,
     start_origin,
-    start_proxy,
-    stop_process,
-    tail_text,
-    wait_for_port,
+    start_proxy_on_free_port,
+    stop_proxy_and_origin,
+    sum_or_none,
+    wait_for_proxy,
+    write_json,
 )
 
 #: The goal printed under the table.
@@ -243,10 +258,7 @@ def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float | None]:
     """CPU seconds of each named process (None if it cannot be read), plus this process."""
     out: dict[str, float | None] = {"loadgen": time.process_time()}
     for name, pid in pids.items():
-        try:
-            out[name] = proc_cpu_seconds(pid)
-        except (OSError, ValueError, IndexError):
-            out[name] = None
+        out[name] = proc_cpu_seconds_or_none(pid)
     return out
 
 
@@ -303,19 +315,11 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     }
 
 
-def _raise_fd_limit(needed: int) -> None:
-    """Raise the soft open-files limit towards ``needed`` (up to the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def loadgen_worker_main(spec_json: str) -> None:
     """Entry point of the worker process: run the spec, print the summary as JSON."""
     spec = LoadSpec(**json.loads(spec_json))
     require_loopback(spec.host)
-    _raise_fd_limit(spec.clients + 64)
+    raise_fd_limit(spec.clients + 64)
     summary = asyncio.run(run_load(spec))
     sys.stdout.write(json.dumps(summary) + "\n")
 
@@ -390,12 +394,7 @@ def run_round(
     timeout = duration + spec.connect_timeout + spec.drain_timeout + 30
     try:
         done = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--loadgen-worker",
-                json.dumps(asdict(spec)),
-            ],
+            self_command(__file__, "--loadgen-worker", asdict(spec)),
             capture_output=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
@@ -409,10 +408,7 @@ def run_round(
         )
     summary = json.loads(done.stdout)
     after = origin_stats(origin_port)
-    latencies = array("d")
-    with open(latency_path, "rb") as f:
-        latencies.frombytes(f.read())
-    latency_path.unlink()
+    latencies = read_float_array(latency_path)
     p50, p99 = percentiles(latencies, [50, 99])
     cpu = summary["cpu_seconds"]
     return RoundResult(
@@ -434,174 +430,57 @@ def run_round(
     )
 
 
-def _sum_or_none(values: list[float | None]) -> float | None:
-    """Sum of the values, or None if any is missing."""
-    if not values or any(v is None for v in values):
-        return None
-    return float(sum(v for v in values if v is not None))
-
-
 def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     """Aggregate the rounds of one mode: totals, rates and latency percentiles of all requests."""
     requests = sum(r.requests for r in rounds)
     elapsed = sum(r.elapsed for r in rounds)
-    merged: array[float] = array("d")
-    for r in rounds:
-        merged.extend(r.latencies)
-    p50, p90, p99, p999 = percentiles(merged, [50, 90, 99, 99.9])
-    errors: Counter[str] = Counter()
-    for r in rounds:
-        errors.update(r.errors)
-
-    def per_request_us(total: float | None) -> float | None:
-        return total / requests * 1e6 if total is not None and requests else None
-
-    def share_of_core(total: float | None) -> float | None:
-        return total / elapsed * 100 if total is not None and elapsed else None
-
-    proxy_cpu = _sum_or_none([r.proxy_cpu_s for r in rounds])
-    origin_cpu = _sum_or_none([r.origin_cpu_s for r in rounds])
-    loadgen_cpu = _sum_or_none([r.loadgen_cpu_s for r in rounds])
+    proxy_cpu = sum_or_none([r.proxy_cpu_s for r in rounds])
+    origin_cpu = sum_or_none([r.origin_cpu_s for r in rounds])
+    loadgen_cpu = sum_or_none([r.loadgen_cpu_s for r in rounds])
     return {
         "rounds": len(rounds),
         "requests": requests,
         "elapsed_s": elapsed,
         "rps": requests / elapsed if elapsed else 0.0,
         "rps_per_round": [r.rps for r in rounds],
-        "p50_ms": p50 * 1e3,
-        "p90_ms": p90 * 1e3,
-        "p99_ms": p99 * 1e3,
-        "p999_ms": p999 * 1e3,
-        "max_ms": max(merged) * 1e3 if merged else float("nan"),
-        "errors": dict(errors),
-        "error_count": sum(errors.values()),
-        "reconnects": sum(r.reconnects for r in rounds),
+        **latency_fields(merged_array(r.latencies for r in rounds)),
+        **error_fields(rounds),
         "proxy_cpu_s": proxy_cpu,
-        "cpu_us_per_request": per_request_us(proxy_cpu),
-        "proxy_cpu_pct_of_core": share_of_core(proxy_cpu),
-        "origin_cpu_us_per_request": per_request_us(origin_cpu),
-        "loadgen_cpu_pct_of_core": share_of_core(loadgen_cpu),
-        "origin_accepts": sum(r.origin_accepts or 0 for r in rounds),
-        "origin_requests": sum(r.origin_requests or 0 for r in rounds),
-        "origin_accepts_per_1k": (
-            sum(r.origin_accepts or 0 for r in rounds) / requests * 1000 if requests else None
-        ),
+        "cpu_us_per_request": per_request_us(proxy_cpu, requests),
+        "proxy_cpu_pct_of_core": pct_of_core(proxy_cpu, elapsed),
+        "origin_cpu_us_per_request": per_request_us(origin_cpu, requests),
+        "loadgen_cpu_pct_of_core": pct_of_core(loadgen_cpu, elapsed),
+        **origin_fields(rounds, requests),
     }
 
 
-def _fmt(value: float | int | None, digits: int = 1) -> str | None:
-    """A number for the table; None or NaN shows as '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str | None:
-    """``a / b`` as '0.42x'."""
-    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
-        return None
-    return f"{a / b:.2f}x"
-
-
-def _change(now: float | None, then: float | None) -> str | None:
-    """Relative change from ``then`` to ``now`` as '+3.1%'."""
-    if now is None or then is None or not then or math.isnan(now) or math.isnan(then):
-        return None
-    return f"{(now / then - 1) * 100:+.1f}%"
-
-
-#: (label, summary key, digits, ratio proxy/direct?)
-_METRICS: list[tuple[str, str, int, bool]] = [
-    ("requests/s", "rps", 0, True),
-    ("p50 latency (ms)", "p50_ms", 2, True),
-    ("p99 latency (ms)", "p99_ms", 2, True),
-    ("proxy CPU per request (µs)", "cpu_us_per_request", 1, False),
-    ("proxy CPU (% of one core)", "proxy_cpu_pct_of_core", 0, False),
-    ("origin CPU per request (µs)", "origin_cpu_us_per_request", 1, True),
-    ("load generator CPU (% of one core)", "loadgen_cpu_pct_of_core", 0, True),
-    ("origin accepts", "origin_accepts", 0, False),
-    ("origin accepts per 1k requests", "origin_accepts_per_1k", 1, False),
-    ("requests completed", "requests", 0, True),
-    ("errors", "error_count", 0, False),
+_METRICS: list[Metric] = [
+    ("requests/s", "rps", 0, True, False),
+    ("p50 latency (ms)", "p50_ms", 2, True, False),
+    ("p99 latency (ms)", "p99_ms", 2, True, False),
+    ("proxy CPU per request (µs)", "cpu_us_per_request", 1, False, True),
+    ("proxy CPU (% of one core)", "proxy_cpu_pct_of_core", 0, False, True),
+    ("origin CPU per request (µs)", "origin_cpu_us_per_request", 1, True, False),
+    ("load generator CPU (% of one core)", "loadgen_cpu_pct_of_core", 0, True, False),
+    ("origin accepts", "origin_accepts", 0, False, False),
+    ("origin accepts per 1k requests", "origin_accepts_per_1k", 1, False, False),
+    ("requests completed", "requests", 0, True, False),
+    ("errors", "error_count", 0, False, False),
 ]
-
-
-def print_summary(
-    summary: dict[str, dict[str, Any]], baseline: dict[str, Any] | None, baseline_path: str | None
-) -> None:
-    """The results table, with baseline columns when a baseline was given."""
-    headers = ["metric", "direct", "proxy", "proxy/direct"]
-    base = baseline["summary"] if baseline else None
-    if base:
-        headers += ["baseline proxy", "proxy vs baseline"]
-    rows = []
-    for label, key, digits, ratio in _METRICS:
-        d, p = summary["direct"].get(key), summary["proxy"].get(key)
-        if key in ("cpu_us_per_request", "proxy_cpu_pct_of_core"):
-            d = None
-        row: list[str | None] = [
-            label,
-            _fmt(d, digits),
-            _fmt(p, digits),
-            _ratio(p, d) if ratio else None,
-        ]
-        if base:
-            b = base.get("proxy", {}).get(key)
-            row += [_fmt(b, digits), _change(p, b)]
-        rows.append(row)
-    print()
-    print_table(rows, headers)
-    if base:
-        bd = base.get("direct", {})
-        print(
-            f"direct vs baseline ({baseline_path}): requests/s "
-            f"{_change(summary['direct']['rps'], bd.get('rps')) or '-'}, p50 "
-            f"{_change(summary['direct']['p50_ms'], bd.get('p50_ms')) or '-'} "
-            "(how much the machine itself drifted)"
-        )
 
 
 def goal_line(proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
     """The goal line and whether the goal was met (None if not measured)."""
     cpu = proxy_summary.get("cpu_us_per_request")
-    text = f"goal: proxy CPU per request <= {GOAL_CPU_US_PER_REQUEST:.0f} µs"
-    if cpu is None:
-        return text + " -- not measured (no proxy pid; pass --proxy-pid)", None
-    text += f" -- measured {cpu:.1f} µs: "
-    errors = proxy_summary.get("error_count", 0)
-    if errors:
-        # A proxy that fails requests cheaply must not pass.
-        return text + f"NOT MET ({errors:,} proxied requests failed)", False
-    met = cpu <= GOAL_CPU_US_PER_REQUEST
-    return text + ("MET" if met else "NOT MET"), met
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _git_revision() -> str | None:
-    """``git describe --always --dirty`` of the repository, if it can be had quickly."""
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
+    return goal_verdict(
+        f"goal: proxy CPU per request <= {GOAL_CPU_US_PER_REQUEST:.0f} µs",
+        cpu,
+        GOAL_CPU_US_PER_REQUEST,
+        f"{cpu:.1f} µs" if cpu is not None else "",
+        proxy_summary.get("error_count", 0),
+        "proxied requests",
+        not_measured=" -- not measured (no proxy pid; pass --proxy-pid)",
+    )
 
 
 def warm_up_check(target: Target, size: int, deadline: float, what: str) -> None:
@@ -610,16 +489,11 @@ def warm_up_check(target: Target, size: int, deadline: float, what: str) -> None
     Connection failures are retried until ``deadline`` (the listener may be a moment ahead of
     the rest of the program); a wrong answer fails at once.
     """
-    while True:
-        try:
-            result = http_request(target.host, target.port, target.request, timeout=10)
-            break
-        except TimeoutError as e:
-            raise RuntimeError(f"warm-up request to the {what}: no response in 10 s") from e
-        except OSError as e:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"warm-up request to the {what} failed: {e!r}") from e
-            time.sleep(0.05)
+    result = request_until_up(
+        lambda: http_request(target.host, target.port, target.request, timeout=10),
+        deadline,
+        f"warm-up request to the {what}",
+    )
     if result.status != 200 or len(result.body) != size:
         raise RuntimeError(
             f"warm-up request to the {what} answered status {result.status} with a "
@@ -667,42 +541,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--proxy-pid", type=int, help="with --proxy-url: its pid, to measure its CPU time"
     )
-    parser.add_argument(
-        "--access-log", action="store_true", help="leave the proxy's access log on (default off)"
+    add_proxy_bench_args(
+        parser,
+        default_json=DEFAULT_JSON,
+        access_log_help="leave the proxy's access log on (default off)",
     )
-    parser.add_argument(
-        "--startup-timeout", type=float, default=30.0, help="seconds to wait for the proxy"
-    )
-    parser.add_argument("--proxy-log", help="keep the started proxy's output in this file")
-    parser.add_argument(
-        "--json",
-        default=str(DEFAULT_JSON),
-        help="where to write the results (default: bench/results/throughput.json)",
-    )
-    parser.add_argument("--baseline", help="an earlier results JSON to compare with")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if the goal is not met"
-    )
-    parser.add_argument("--loadgen-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loadgen_worker:
         return args
-    if not 1 <= args.clients <= 10_000:
-        parser.error("--clients must be between 1 and 10000")
-    if not 0 < args.duration <= 3600:
-        parser.error("--duration must be in (0, 3600] seconds")
-    if not 1 <= args.rounds <= 100:
-        parser.error("--rounds must be between 1 and 100")
-    if not 0 <= args.size <= 64 * 1024 * 1024:
-        parser.error("--size must be between 0 and 64 MiB")
-    if not 0 <= args.warmup <= 60:
-        parser.error("--warmup must be between 0 and 60 seconds")
-    if not 1 <= args.max_requests <= 50_000_000:
-        parser.error("--max-requests must be between 1 and 50,000,000")
-    if args.proxy_url and args.proxy_cmd:
-        parser.error("--proxy-url and --proxy-cmd exclude each other")
-    if args.proxy_pid is not None and not args.proxy_url:
-        parser.error("--proxy-pid goes with --proxy-url")
+    check_args(
+        parser,
+        [
+            (1 <= args.clients <= 10_000, "--clients must be between 1 and 10000"),
+            *load_arg_checks(args),
+            (
+                not (args.proxy_url and args.proxy_cmd),
+                "--proxy-url and --proxy-cmd exclude each other",
+            ),
+            (args.proxy_pid is None or args.proxy_url, "--proxy-pid goes with --proxy-url"),
+        ],
+    )
     if args.proxy_url:
         url = urllib.parse.urlsplit(args.proxy_url)
         if url.scheme != "http" or not url.hostname or not url.port:
@@ -723,15 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_worker_main(args.loadgen_worker)
         return 0
 
-    baseline = None
-    if args.baseline:
-        baseline = json.loads(Path(args.baseline).read_text())
-        old = baseline.get("params", {})
-        for key in ("clients", "size", "duration"):
-            if key in old and old[key] != getattr(args, key):
-                print(f"note: the baseline used --{key} {old[key]}, this run {getattr(args, key)}")
-
-    config_text = f"[log]\naccess = {'true' if args.access_log else 'false'}\n"
+    baseline = load_baseline(
+        args.baseline, {key: getattr(args, key) for key in ("clients", "size", "duration")}
+    )
     proxy: subprocess.Popen[bytes] | None = None
     origin: tuple[subprocess.Popen[bytes], int] | None = None
     log_path: Path | None = None
@@ -752,23 +604,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 proxy_host = LOOPBACK
-                proxy_port = free_port()
                 cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
                 log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-                proxy = start_proxy(
-                    proxy_port, config_text, workdir=workdir, cmd=cmd, log_path=log_path
+                proxy, proxy_port, proxy_desc = start_proxy_on_free_port(
+                    cmd, access_log_config(args.access_log), workdir=workdir, log_path=log_path
                 )
                 proxy_pid = proxy.pid
-                proxy_desc = f"started (pid {proxy.pid}): " + shlex.join(
-                    fill_template(cmd, port=proxy_port, config=workdir / "interceptor.toml")
-                )
             print(f"proxy: {proxy_desc}")
-
-            deadline = time.monotonic() + args.startup_timeout
-            try:
-                wait_for_port(proxy_host, proxy_port, deadline, process=proxy)
-            except (TimeoutError, ProcessExitedError) as e:
-                raise RuntimeError(f"the proxy did not come up: {e}") from e
+            deadline = wait_for_proxy(proxy_host, proxy_port, args.startup_timeout, proxy)
 
             targets = {
                 "direct": Target(
@@ -832,25 +675,23 @@ def main(argv: list[str] | None = None) -> int:
                     if proxy is not None and proxy.poll() is not None:
                         raise RuntimeError(f"the proxy exited with status {proxy.returncode}")
         except (RuntimeError, OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            if log_path is not None:
-                kept = "" if args.proxy_log else "; keep it with --proxy-log FILE"
-                print(f"--- proxy output (tail of {log_path}{kept}) ---", file=sys.stderr)
-                print(tail_text(log_path), file=sys.stderr)
+            report_error(e, log_path, bool(args.proxy_log))
             return 2
         except KeyboardInterrupt:
             print("interrupted; stopping the proxy and the origin", file=sys.stderr)
             return 130
         finally:
-            if proxy is not None:
-                status = stop_process(proxy)
-                if status is not None and status > 0:
-                    print(f"note: the proxy exited with status {status}", file=sys.stderr)
-            if origin is not None:
-                stop_process(origin[0])
+            stop_proxy_and_origin(proxy, origin)
 
     summary = {mode: summarize([r for r in rounds if r.mode == mode]) for mode in MODES}
-    print_summary(summary, baseline, args.baseline)
+    print_direct_proxy_table(
+        summary,
+        _METRICS,
+        baseline["summary"] if baseline else None,
+        args.baseline,
+        rate_key="rps",
+        rate_label="requests/s",
+    )
     text, met = goal_line(summary["proxy"])
     print(text)
     if summary["proxy"]["error_count"]:
@@ -870,14 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         else None,
     }
     results = {
-        "benchmark": "throughput",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_revision(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **results_header("throughput"),
         "params": {
             "clients": args.clients,
             "duration": args.duration,
@@ -897,10 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             "met": met,
         },
     }
-    json_path = Path(args.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
-    print(f"results: {json_path}")
+    print(f"results: {write_json(args.json, results)}")
     return 1 if args.check and met is False else 0
 
 

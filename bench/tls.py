@@ -64,16 +64,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import math
 import os
-import platform
-import resource
-import select
 import shlex
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -83,30 +78,55 @@ from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httptools
 from _common import (
     LOOPBACK,
-    ORIGIN_STATS_PREFIX,
     REPO_ROOT,
-    ProcessExitedError,
+    ChildLines,
+    Metric,
+    TunnelRefusedError,
+    access_log_config,
+    add_proxy_bench_args,
+    check_args,
+    connect_request,
     default_proxy_cmd,
+    error_fields,
     fill_template,
-    free_port,
+    goal_verdict,
+    https_request,
+    latency_fields,
+    load_arg_checks,
+    load_baseline,
+    make_origin_certs,
+    merged_array,
+    origin_fields,
+    origin_stats,
+    pct_of_core,
+    per_request_us,
     percentiles,
-    print_table,
-    proc_cpu_seconds,
+    print_direct_proxy_table,
+    proc_cpu_seconds_or_none,
     proc_fd_count,
     proc_rss_bytes,
+    raise_fd_limit,
+    read_float_array,
+    report_error,
+    request_until_up,
     require_loopback,
+    results_header,
+    self_command,
     spawn,
     start_origin,
-    start_proxy,
+    start_proxy_on_free_port,
     stop_process,
+    stop_proxy_and_origin,
+    sum_or_none,
     tail_text,
-    wait_for_port,
+    tunnel_status,
+    wait_for_proxy,
+    write_json,
 )
 
 #: Goal lines printed under the tables.
@@ -151,14 +171,6 @@ class LoadSpec:
     close_timeout: float = 60.0
 
 
-class TunnelRefusedError(Exception):
-    """The proxy answered CONNECT with something other than 200 (or garbage)."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-
-
 #: What opening a connection may raise (ssl.SSLError and ConnectionError are OSErrors).
 _SETUP_ERRORS = (OSError, TimeoutError, TunnelRefusedError)
 
@@ -178,26 +190,13 @@ def _classify(error: BaseException) -> str:
     return "connect"
 
 
-def _connect_request(authority: str) -> bytes:
-    """The CONNECT request head for ``authority``."""
-    return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii")
-
-
-def _tunnel_status(reply: bytes) -> int:
-    """The status code of a CONNECT reply head (raises TunnelRefusedError if malformed)."""
-    parts = reply.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise TunnelRefusedError("connect_garbage", f"bad CONNECT reply {reply[:100]!r}")
-    return int(parts[1])
-
-
 class _LoadGen:
     """Shared state of one load process: clock, budget, counters, latencies."""
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.request = spec.request.encode("latin-1")
-        self.connect_request = _connect_request(spec.tunnel) if spec.tunnel else b""
+        self.connect_request = connect_request(spec.tunnel) if spec.tunnel else b""
         self.ssl = ssl.create_default_context(cafile=spec.cafile)
         self.ssl.set_alpn_protocols(["http/1.1"])
         self.end = math.inf  # Set when the measured window starts.
@@ -437,7 +436,7 @@ class _Conn(asyncio.Protocol):
             )
             return
         try:
-            reply.set_result(_tunnel_status(head))
+            reply.set_result(tunnel_status(head))
         except TunnelRefusedError as e:
             reply.set_exception(e)
 
@@ -522,14 +521,6 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     }
 
 
-def _raise_fd_limit(needed: int) -> None:
-    """Raise the soft open-files limit towards ``needed`` (up to the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def loadgen_worker_main(spec_json: str) -> None:
     """Entry point of a load process: run the spec, print READY, DONE, then the summary JSON."""
     # Until run_load installs its handlers, a stray GO/CLOSE must not kill us.
@@ -537,107 +528,9 @@ def loadgen_worker_main(spec_json: str) -> None:
     signal.signal(_CLOSE_SIGNAL, signal.SIG_IGN)
     spec = LoadSpec(**json.loads(spec_json))
     require_loopback(spec.host)
-    _raise_fd_limit(4 * spec.clients + 256)
+    raise_fd_limit(4 * spec.clients + 256)
     summary = asyncio.run(run_load(spec))
     _emit(json.dumps(summary))
-
-
-# --------------------------------------------------------------------------------------------
-# Certificates and blocking HTTPS checks (driver side)
-# --------------------------------------------------------------------------------------------
-
-
-def _load_test_certs() -> ModuleType:
-    """``tests/certs.py`` loaded by path (``tests`` is not a package, and no other may win)."""
-    path = REPO_ROOT / "tests" / "certs.py"
-    spec = importlib.util.spec_from_file_location("_interceptor_bench_certs", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def make_origin_certs(directory: Path) -> tuple[Path, Path, Path]:
-    """An origin root CA and a ``localhost``/``127.0.0.1`` leaf it signed, written as PEM.
-
-    Returns ``(root_cert, leaf_cert, leaf_key)`` paths.
-    """
-    certs = _load_test_certs()
-    root = certs.make_origin_root("interceptor bench origin root")
-    root_path, _ = certs.write_pair(directory, "origin-root", root)
-    leaf_path, key_path = certs.write_pair(directory, "origin", certs.good_cert(root))
-    return root_path, leaf_path, key_path
-
-
-class _Collector:
-    """httptools callbacks that gather one response."""
-
-    def __init__(self) -> None:
-        self.body: list[bytes] = []
-        self.complete = False
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-def https_exchange(
-    host: str,
-    port: int,
-    tunnel: str | None,
-    cafile: str | Path,
-    request: bytes,
-    timeout: float = 10.0,
-) -> tuple[int, bytes]:
-    """One HTTPS request (blocking), through a CONNECT tunnel to ``tunnel`` if given.
-
-    Returns ``(status, body)``. Raises OSError (ssl.SSLError, socket.timeout included),
-    TunnelRefusedError, ConnectionError or httptools.HttpParserError.
-    """
-    require_loopback(host)
-    deadline = time.monotonic() + timeout
-    context = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        if tunnel is not None:
-            raw.sendall(_connect_request(tunnel))
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                raw.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = raw.recv(4096)
-                if not chunk or len(reply) > 16384:
-                    raise TunnelRefusedError("connect_closed", f"CONNECT reply {reply[:200]!r}")
-                reply += chunk
-            status = _tunnel_status(reply)
-            if status != 200:
-                raise TunnelRefusedError(f"connect_{status}", f"CONNECT reply {reply[:200]!r}")
-        with context.wrap_socket(raw, server_hostname=SERVER_NAME) as sock:
-            sock.sendall(request)
-            collector = _Collector()
-            parser = httptools.HttpResponseParser(collector)
-            while not collector.complete:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed before the response was complete")
-                parser.feed_data(data)
-            return parser.get_status_code(), b"".join(collector.body)
-
-
-def tls_origin_stats(port: int, cafile: str | Path) -> dict[str, int]:
-    """The TLS origin's counters (``accepts``, ``requests``); this request is not counted."""
-    status, body = https_exchange(
-        LOOPBACK,
-        port,
-        None,
-        cafile,
-        ORIGIN_STATS_PREFIX + b"HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n",
-    )
-    if status != 200:
-        raise RuntimeError(f"origin statistics request answered {status}")
-    return {k: int(v) for k, v in json.loads(body).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,36 +592,24 @@ class _Worker:
         self.stderr_path = workdir / f"loadgen-{index}.err"
         with open(self.stderr_path, "wb") as err:
             self.process = spawn(
-                [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--loadgen-worker",
-                    json.dumps(asdict(spec)),
-                ],
+                self_command(__file__, "--loadgen-worker", asdict(spec)),
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
-        self._buf = b""
+        self._lines = ChildLines(self.process)
 
     def read_line(self, deadline: float, what: str) -> str:
         """The next line it prints, waiting until ``deadline`` (a time.monotonic() value)."""
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"load generator {self.process.pid}: no {what} in time")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    status = self.process.wait(5)
-                    raise RuntimeError(
-                        f"load generator {self.process.pid} exited (status {status}) before "
-                        f"{what}:\n{tail_text(self.stderr_path, 20)}"
-                    )
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            line = self._lines.read_line(deadline)
+        except TimeoutError:
+            raise RuntimeError(f"load generator {self.process.pid}: no {what} in time") from None
+        if line is None:
+            status = self.process.wait(5)
+            raise RuntimeError(
+                f"load generator {self.process.pid} exited (status {status}) before "
+                f"{what}:\n{tail_text(self.stderr_path, 20)}"
+            )
         return line.decode("utf-8", "replace")
 
     def expect(self, word: str, deadline: float) -> None:
@@ -748,26 +629,16 @@ def _split(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def _cpu(pid: int | None) -> float | None:
-    """CPU seconds of ``pid`` so far, or None if it cannot be read."""
-    if pid is None:
-        return None
-    try:
-        return proc_cpu_seconds(pid)
-    except (OSError, ValueError, IndexError):
-        return None
+def _cpu_now(
+    proxy_pid: int | None, origin_pid: int, loadgen_pids: list[int]
+) -> tuple[float | None, float | None, list[float | None]]:
+    """CPU seconds so far of the proxy, the origin and each load process (None: unreadable)."""
+    cpu = proc_cpu_seconds_or_none
+    return cpu(proxy_pid), cpu(origin_pid), [cpu(p) for p in loadgen_pids]
 
 
 def _delta(after: float | None, before: float | None) -> float | None:
     return after - before if after is not None and before is not None else None
-
-
-def _read_array(path: Path) -> array[float]:
-    values = array("d")
-    if path.exists():
-        values.frombytes(path.read_bytes())
-        path.unlink()
-    return values
 
 
 @dataclass
@@ -781,6 +652,13 @@ class Bench:
     origin_root: Path
     proxy_pid: int | None
     targets: dict[str, Target]
+
+
+def _origin_stats(bench: Bench) -> dict[str, int]:
+    """The TLS origin's counters (``accepts``, ``requests``); this request is not counted."""
+    return origin_stats(
+        bench.origin_port, timeout=10, cafile=bench.origin_root, server_name=SERVER_NAME
+    )
 
 
 def run_round(
@@ -810,7 +688,7 @@ def run_round(
         for i in range(procs)
     ]
     proxy_pid = bench.proxy_pid if target.name == "proxy" else None
-    before = tls_origin_stats(bench.origin_port, bench.origin_root)
+    before = _origin_stats(bench)
     workers: list[_Worker] = []
     try:
         for i, spec in enumerate(specs):
@@ -819,7 +697,7 @@ def run_round(
         for w in workers:
             w.expect("READY", ready_by)
         pids = [w.process.pid for w in workers]
-        cpu0 = (_cpu(proxy_pid), _cpu(bench.origin_pid), [_cpu(p) for p in pids])
+        cpu0 = _cpu_now(proxy_pid, bench.origin_pid, pids)
         t0 = time.monotonic()
         for w in workers:
             w.send_signal(_GO_SIGNAL)
@@ -827,7 +705,7 @@ def run_round(
         for w in workers:
             w.expect("DONE", done_by)
         t1 = time.monotonic()
-        cpu1 = (_cpu(proxy_pid), _cpu(bench.origin_pid), [_cpu(p) for p in pids])
+        cpu1 = _cpu_now(proxy_pid, bench.origin_pid, pids)
         for w in workers:
             w.send_signal(_CLOSE_SIGNAL)
         summaries = [json.loads(w.read_line(time.monotonic() + 30, "summary")) for w in workers]
@@ -838,13 +716,13 @@ def run_round(
     finally:
         for w in workers:
             stop_process(w.process)
-    after = tls_origin_stats(bench.origin_port, bench.origin_root)
+    after = _origin_stats(bench)
 
     latencies: array[float] = array("d")
     setups: array[float] = array("d")
     for spec in specs:
-        latencies.extend(_read_array(Path(spec.latency_path)))
-        setups.extend(_read_array(Path(spec.setup_path)))
+        latencies.extend(read_float_array(Path(spec.latency_path), missing_ok=True))
+        setups.extend(read_float_array(Path(spec.setup_path), missing_ok=True))
     p50, p99 = percentiles(latencies, [50, 99])
     errors: Counter[str] = Counter()
     for s in summaries:
@@ -912,69 +790,36 @@ def _round_line(r: RoundResult) -> str:
     return text
 
 
-def _sum_or_none(values: list[float | None]) -> float | None:
-    """Sum of the values, or None if any is missing."""
-    if not values or any(v is None for v in values):
-        return None
-    return float(sum(v for v in values if v is not None))
-
-
 def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     """Aggregate the rounds of one measure and target: totals, rates, percentiles of all."""
     requests = sum(r.requests for r in rounds)
     elapsed = sum(r.elapsed for r in rounds)
-    merged: array[float] = array("d")
-    setups: array[float] = array("d")
-    for r in rounds:
-        merged.extend(r.latencies)
-        setups.extend(r.setups)
-    p50, p90, p99, p999 = percentiles(merged, [50, 90, 99, 99.9])
-    s50, s99 = percentiles(setups, [50, 99])
-    errors: Counter[str] = Counter()
-    for r in rounds:
-        errors.update(r.errors)
-
-    def per_request_us(total: float | None) -> float | None:
-        return total / requests * 1e6 if total is not None and requests else None
-
-    def share_of_core(total: float | None) -> float | None:
-        return total / elapsed * 100 if total is not None and elapsed else None
-
-    proxy_cpu = _sum_or_none([r.proxy_cpu_s for r in rounds])
-    origin_cpu = _sum_or_none([r.origin_cpu_s for r in rounds])
-    loadgen_cpu = _sum_or_none([r.loadgen_cpu_s for r in rounds])
-    accepts = sum(r.origin_accepts or 0 for r in rounds)
-    proxy_us = per_request_us(proxy_cpu)
+    s50, s99 = percentiles(merged_array(r.setups for r in rounds), [50, 99])
+    proxy_cpu = sum_or_none([r.proxy_cpu_s for r in rounds])
+    origin_cpu = sum_or_none([r.origin_cpu_s for r in rounds])
+    loadgen_cpu = sum_or_none([r.loadgen_cpu_s for r in rounds])
+    proxy_us = per_request_us(proxy_cpu, requests)
+    loadgen_us = per_request_us(loadgen_cpu, requests)
     return {
         "rounds": len(rounds),
         "requests": requests,
         "elapsed_s": elapsed,
         "rate": requests / elapsed if elapsed else 0.0,
         "rate_per_round": [r.rate for r in rounds],
-        "p50_ms": p50 * 1e3,
-        "p90_ms": p90 * 1e3,
-        "p99_ms": p99 * 1e3,
-        "p999_ms": p999 * 1e3,
-        "max_ms": max(merged) * 1e3 if merged else float("nan"),
+        **latency_fields(merged_array(r.latencies for r in rounds)),
         "setup_p50_ms": s50 * 1e3,
         "setup_p99_ms": s99 * 1e3,
-        "errors": dict(errors),
-        "error_count": sum(errors.values()),
-        "reconnects": sum(r.reconnects for r in rounds),
+        **error_fields(rounds),
         "proxy_cpu_s": proxy_cpu,
         "proxy_cpu_us_per_request": proxy_us,
         "proxy_cpu_ms_per_request": proxy_us / 1e3 if proxy_us is not None else None,
-        "proxy_cpu_pct_of_core": share_of_core(proxy_cpu),
-        "origin_cpu_us_per_request": per_request_us(origin_cpu),
-        "loadgen_cpu_us_per_request": per_request_us(loadgen_cpu),
-        "loadgen_cpu_ms_per_request": (
-            per_request_us(loadgen_cpu) / 1e3 if per_request_us(loadgen_cpu) is not None else None
-        ),
-        "loadgen_cpu_pct_of_core": share_of_core(loadgen_cpu),
+        "proxy_cpu_pct_of_core": pct_of_core(proxy_cpu, elapsed),
+        "origin_cpu_us_per_request": per_request_us(origin_cpu, requests),
+        "loadgen_cpu_us_per_request": loadgen_us,
+        "loadgen_cpu_ms_per_request": loadgen_us / 1e3 if loadgen_us is not None else None,
+        "loadgen_cpu_pct_of_core": pct_of_core(loadgen_cpu, elapsed),
         "loadgen_procs": max((r.loadgen_procs for r in rounds), default=0),
-        "origin_accepts": accepts,
-        "origin_requests": sum(r.origin_requests or 0 for r in rounds),
-        "origin_accepts_per_1k": accepts / requests * 1000 if requests else None,
+        **origin_fields(rounds, requests),
         "proxy_rss_mib_after": (
             rounds[-1].proxy_rss_bytes / 2**20 if rounds and rounds[-1].proxy_rss_bytes else None
         ),
@@ -982,31 +827,8 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | int | None, digits: int = 1) -> str | None:
-    """A number for the table; None or NaN shows as '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str | None:
-    """``a / b`` as '0.42x'."""
-    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
-        return None
-    return f"{a / b:.2f}x"
-
-
-def _change(now: float | None, then: float | None) -> str | None:
-    """Relative change from ``then`` to ``now`` as '+3.1%'."""
-    if now is None or then is None or not then or math.isnan(now) or math.isnan(then):
-        return None
-    return f"{(now / then - 1) * 100:+.1f}%"
-
-
-#: Per measure: (label, summary key, digits, ratio proxy/direct?, proxy only?)
-_METRICS: dict[str, list[tuple[str, str, int, bool, bool]]] = {
+#: The table rows of each measure.
+_METRICS: dict[str, list[Metric]] = {
     "keepalive": [
         ("requests/s", "rate", 0, True, False),
         ("p50 latency (ms)", "p50_ms", 2, True, False),
@@ -1049,45 +871,6 @@ _TITLES = {
 }
 
 
-def print_summary(
-    measure: str,
-    summary: dict[str, dict[str, Any]],
-    baseline: dict[str, Any] | None,
-    baseline_path: str | None,
-) -> None:
-    """The results table of one measure, with baseline columns when a baseline has it."""
-    headers = ["metric", "direct", "proxy", "proxy/direct"]
-    base = (baseline or {}).get("summary", {}).get(measure)
-    if base:
-        headers += ["baseline proxy", "proxy vs baseline"]
-    rows = []
-    for label, key, digits, ratio, proxy_only in _METRICS[measure]:
-        d, p = summary["direct"].get(key), summary["proxy"].get(key)
-        if proxy_only:
-            d = None
-        row: list[str | None] = [
-            label,
-            _fmt(d, digits),
-            _fmt(p, digits),
-            _ratio(p, d) if ratio else None,
-        ]
-        if base:
-            b = base.get("proxy", {}).get(key)
-            row += [_fmt(b, digits), _change(p, b)]
-        rows.append(row)
-    print()
-    print(f"{measure}: {_TITLES[measure]}")
-    print_table(rows, headers)
-    if base:
-        bd = base.get("direct", {})
-        print(
-            f"direct vs baseline ({baseline_path}): rate "
-            f"{_change(summary['direct']['rate'], bd.get('rate')) or '-'}, p50 "
-            f"{_change(summary['direct']['p50_ms'], bd.get('p50_ms')) or '-'} "
-            "(how much the machine itself drifted)"
-        )
-
-
 def goal_line(measure: str, proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
     """The goal line of ``measure`` and whether the goal was met (None if not measured)."""
     if measure == "keepalive":
@@ -1098,15 +881,8 @@ def goal_line(measure: str, proxy_summary: dict[str, Any]) -> tuple[str, bool | 
         limit, value = GOAL_NEWCONN_CPU_MS, proxy_summary.get("proxy_cpu_ms_per_request")
         text = f"goal: <= {limit:g} ms proxy CPU per new intercepted connection"
         shown = f"{value:.2f} ms" if value is not None else ""
-    if value is None:
-        return text + " -- not measured", None
-    text += f" -- measured {shown}: "
     errors = proxy_summary.get("error_count", 0)
-    if errors:
-        # A proxy that fails requests cheaply must not pass.
-        return text + f"NOT MET ({errors:,} intercepted requests failed)", False
-    met = value <= limit
-    return text + ("MET" if met else "NOT MET"), met
+    return goal_verdict(text, value, limit, shown, errors, "intercepted requests")
 
 
 def bottleneck_note(measure: str, summary: dict[str, dict[str, Any]]) -> str | None:
@@ -1133,32 +909,6 @@ def bottleneck_note(measure: str, summary: dict[str, dict[str, Any]]) -> str | N
     return note
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _git_revision() -> str | None:
-    """``git describe --always --dirty`` of the repository, if it can be had quickly."""
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
 def check_target(target: Target, origin_port: int, size: int, deadline: float) -> None:
     """One blocking HTTPS request to ``target``; it must be a 200 with a ``size``-byte body.
 
@@ -1166,20 +916,21 @@ def check_target(target: Target, origin_port: int, size: int, deadline: float) -
     """
     request = f"GET /x HTTP/1.1\r\nHost: {SERVER_NAME}:{origin_port}\r\n\r\n".encode()
     via = f"through the proxy (CONNECT {target.tunnel})" if target.tunnel else "to the origin"
-    while True:
-        try:
-            status, body = https_exchange(
-                target.host, target.port, target.tunnel, target.cafile, request
-            )
-            break
-        except (ssl.SSLError, TunnelRefusedError) as e:
-            raise RuntimeError(f"check request {via} failed: {e}") from e
-        except TimeoutError as e:
-            raise RuntimeError(f"check request {via}: no response in 10 s") from e
-        except (OSError, httptools.HttpParserError) as e:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"check request {via} failed: {e!r}") from e
-            time.sleep(0.05)
+    result = request_until_up(
+        lambda: https_request(
+            target.host,
+            target.port,
+            request,
+            cafile=target.cafile,
+            server_name=SERVER_NAME,
+            tunnel=target.tunnel,
+        ),
+        deadline,
+        f"check request {via}",
+        fatal=(ssl.SSLError, TunnelRefusedError),
+        retry=(OSError, httptools.HttpParserError),
+    )
+    status, body = result.status, result.body
     if status != 200 or len(body) != size:
         raise RuntimeError(
             f"check request {via} answered {status} with a {len(body)}-byte body "
@@ -1230,42 +981,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             + shlex.join(default_proxy_cmd())
         ),
     )
-    parser.add_argument(
-        "--access-log", action="store_true", help="turn the proxy's access log on (default off)"
+    add_proxy_bench_args(
+        parser,
+        default_json=DEFAULT_JSON,
+        access_log_help="turn the proxy's access log on (default off)",
+        baseline_help="an earlier results JSON of this benchmark to compare with",
+        check_help="exit with status 1 if a measured goal is not met",
     )
-    parser.add_argument(
-        "--startup-timeout", type=float, default=30.0, help="seconds to wait for the proxy"
-    )
-    parser.add_argument("--proxy-log", help="keep the started proxy's output in this file")
-    parser.add_argument(
-        "--json",
-        default=str(DEFAULT_JSON),
-        help="where to write the results (default: bench/results/tls.json)",
-    )
-    parser.add_argument(
-        "--baseline", help="an earlier results JSON of this benchmark to compare with"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 if a measured goal is not met"
-    )
-    parser.add_argument("--loadgen-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loadgen_worker:
         return args
-    if not 1 <= args.clients <= 5_000:
-        parser.error("--clients must be between 1 and 5000")
-    if not 0 < args.duration <= 3600:
-        parser.error("--duration must be in (0, 3600] seconds")
-    if not 1 <= args.rounds <= 100:
-        parser.error("--rounds must be between 1 and 100")
-    if not 0 <= args.size <= 64 * 1024 * 1024:
-        parser.error("--size must be between 0 and 64 MiB")
-    if not 1 <= args.procs <= 16:
-        parser.error("--procs must be between 1 and 16")
-    if not 0 <= args.warmup <= 60:
-        parser.error("--warmup must be between 0 and 60 seconds")
-    if not 1 <= args.max_requests <= 50_000_000:
-        parser.error("--max-requests must be between 1 and 50,000,000")
+    check_args(
+        parser,
+        [
+            (1 <= args.clients <= 5_000, "--clients must be between 1 and 5000"),
+            (1 <= args.procs <= 16, "--procs must be between 1 and 16"),
+            *load_arg_checks(args),
+        ],
+    )
     return args
 
 
@@ -1279,17 +1012,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM stops the run like Ctrl-C does: children stopped in order, temp files removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-    baseline = None
-    if args.baseline:
-        baseline = json.loads(Path(args.baseline).read_text())
-        if baseline.get("benchmark") != "tls":
-            print(f"note: {args.baseline} is not a tls benchmark result; comparing anyway")
-        old = baseline.get("params", {})
-        for key in ("clients", "size", "duration", "procs"):
-            if key in old and old[key] != getattr(args, key):
-                print(f"note: the baseline used --{key} {old[key]}, this run {getattr(args, key)}")
-
-    config_text = f"[log]\naccess = {'true' if args.access_log else 'false'}\n"
+    baseline = load_baseline(
+        args.baseline,
+        {key: getattr(args, key) for key in ("clients", "size", "duration", "procs")},
+        benchmark="tls",
+    )
     proxy: subprocess.Popen[bytes] | None = None
     origin: tuple[subprocess.Popen[bytes], int] | None = None
     log_path: Path | None = None
@@ -1306,7 +1033,6 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             ca_dir = workdir / "proxy-ca"
-            proxy_port = free_port()
             template = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
             cmd = fill_template(template, ca_dir=ca_dir, upstream_ca=root_path)
             forced = {
@@ -1322,11 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             env = {**os.environ, **forced}
             log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-            proxy = start_proxy(
-                proxy_port, config_text, workdir=workdir, cmd=cmd, log_path=log_path, env=env
-            )
-            proxy_desc = f"started (pid {proxy.pid}): " + shlex.join(
-                fill_template(cmd, port=proxy_port, config=workdir / "interceptor.toml")
+            proxy, proxy_port, proxy_desc = start_proxy_on_free_port(
+                cmd, access_log_config(args.access_log), workdir=workdir, log_path=log_path, env=env
             )
             print(f"proxy: {proxy_desc}")
             if inherited:
@@ -1334,11 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
                     "proxy settings from the environment: "
                     + shlex.join(f"{k}={v}" for k, v in sorted(inherited.items()))
                 )
-            deadline = time.monotonic() + args.startup_timeout
-            try:
-                wait_for_port(LOOPBACK, proxy_port, deadline, process=proxy)
-            except (TimeoutError, ProcessExitedError) as e:
-                raise RuntimeError(f"the proxy did not come up: {e}") from e
+            deadline = wait_for_proxy(LOOPBACK, proxy_port, args.startup_timeout, proxy)
             ca_pem = ca_dir / "ca.pem"
             if not ca_pem.exists():
                 raise RuntimeError(f"the proxy is up but {ca_pem} does not exist")
@@ -1372,22 +1091,13 @@ def main(argv: list[str] | None = None) -> int:
                         if proxy.poll() is not None:
                             raise RuntimeError(f"the proxy exited with status {proxy.returncode}")
         except (RuntimeError, OSError, ValueError, TunnelRefusedError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            if log_path is not None:
-                kept = "" if args.proxy_log else "; keep it with --proxy-log FILE"
-                print(f"--- proxy output (tail of {log_path}{kept}) ---", file=sys.stderr)
-                print(tail_text(log_path), file=sys.stderr)
+            report_error(e, log_path, bool(args.proxy_log))
             return 2
         except KeyboardInterrupt:
             print("interrupted; stopping the proxy and the origin", file=sys.stderr)
             return 130
         finally:
-            if proxy is not None:
-                status = stop_process(proxy)
-                if status is not None and status > 0:
-                    print(f"note: the proxy exited with status {status}", file=sys.stderr)
-            if origin is not None:
-                stop_process(origin[0])
+            stop_proxy_and_origin(proxy, origin)
 
     summary: dict[str, dict[str, Any]] = {}
     goals: dict[str, Any] = {}
@@ -1398,7 +1108,15 @@ def main(argv: list[str] | None = None) -> int:
             name: summarize([r for r in rounds if r.measure == measure and r.target == name])
             for name in TARGETS
         }
-        print_summary(measure, summary[measure], baseline, args.baseline)
+        print_direct_proxy_table(
+            summary[measure],
+            _METRICS[measure],
+            (baseline or {}).get("summary", {}).get(measure),
+            args.baseline,
+            rate_key="rate",
+            rate_label="rate",
+            title=f"{measure}: {_TITLES[measure]}",
+        )
         text, met = goal_line(measure, summary[measure]["proxy"])
         print(text)
         note = bottleneck_note(measure, summary[measure])
@@ -1422,15 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     results = {
-        "benchmark": "tls",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_revision(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "openssl": ssl.OPENSSL_VERSION,
-            "platform": platform.platform(),
-        },
+        **results_header("tls", openssl=ssl.OPENSSL_VERSION),
         "params": {
             "mode": args.mode,
             "clients": args.clients,
@@ -1449,10 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios_proxy_over_direct": ratios,
         "goals": goals,
     }
-    json_path = Path(args.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
-    print(f"results: {json_path}")
+    print(f"results: {write_json(args.json, results)}")
     return 1 if args.check and any_unmet else 0
 
 
