@@ -606,8 +606,17 @@ def main(argv: list[str] | None = None) -> int:
                 proxy_host = LOOPBACK
                 cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
                 log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
+                # Its own CA dir and no admin listener: a run must not depend on ~/.interceptor
+                # or on port 8081 being free. Settings from the environment still apply.
+                env = dict(os.environ)
+                env.setdefault("INTERCEPTOR_TLS_CA_DIR", str(workdir / "ca"))
+                env.setdefault("INTERCEPTOR_ADMIN_LISTEN", "")
                 proxy, proxy_port, proxy_desc = start_proxy_on_free_port(
-                    cmd, access_log_config(args.access_log), workdir=workdir, log_path=log_path
+                    cmd,
+                    access_log_config(args.access_log),
+                    workdir=workdir,
+                    log_path=log_path,
+                    env=env,
                 )
                 proxy_pid = proxy.pid
             print(f"proxy: {proxy_desc}")
