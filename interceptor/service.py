@@ -8,6 +8,7 @@ Stop order: stop accepting, mark draining (readiness fails), let in-flight excha
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import Service
@@ -70,6 +71,10 @@ class ProxyService(Service):
 
     def startService(self) -> None:
         super().startService()
+        # twistd opens our ports before the reactor runs and installs its SIGTERM handler; a
+        # SIGTERM in between (an orchestrator that is quick to stop us) would kill the process
+        # outright. Until the reactor takes over, it means "stop as soon as running".
+        signal.signal(signal.SIGTERM, self._stop_when_running)
         cfg = self.config
         if cfg.proxy.sigpipe == "close":
             self.registry = process.SocketRegistry()
@@ -118,6 +123,9 @@ class ProxyService(Service):
             _log.info("proxy listening on {endpoint}", endpoint=description)
         self._start_admin()
         self.ready = True
+
+    def _stop_when_running(self, signum: int, frame: Any) -> None:
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def _listen(self, description: str, factory: Any) -> Any:
         try:
