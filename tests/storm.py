@@ -37,9 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import IncompleteResponse, RawConnection
+from tests.support import LOOPBACK, IncompleteResponse, RawConnection, ThreadedServer
 
-LOOPBACK = "127.0.0.1"
 BIG_BODY = 10 * 1024 * 1024  # the "10 MiB download" every storm client starts
 SIGPIPE_BIT = 1 << (signal.SIGPIPE - 1)  # signal 13 -> bit 12 of SigIgn / SigCgt
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -200,7 +199,7 @@ class LegRecord:
     how: str = ""
 
 
-class StreamOrigin:
+class StreamOrigin(ThreadedServer):
     """A threaded loopback origin (plain, or TLS with `cert_file`/`key_file`).
 
     Routes: `/small` answers a short body and keeps the connection; `/big?id=ID[&size=N]`
@@ -227,80 +226,19 @@ class StreamOrigin:
             self._ctx = ctx
         self.watch_timeout = watch_timeout
         self.probe_interval = probe_interval
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((LOOPBACK, 0))
-        self._listener.listen(1024)
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: dict[int, socket.socket] = {}
-        self._ids = itertools.count(1)
         self.records: dict[str, LegRecord] = {}
         self.small_served = 0
         self.errors: list[str] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-
-    @property
-    def authority(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"{LOOPBACK}:{self.port}"
-
-    def __enter__(self) -> StreamOrigin:
-        self._acceptor.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def open_connections(self) -> int:
-        """Connections accepted and not yet finished."""
-        with self._lock:
-            return len(self._socks)
+        super().__init__(LOOPBACK, backlog=1024, name="stream-origin")
 
     def record(self, request_id: str) -> LegRecord | None:
         """The record of `/big` request ID (None if it never arrived)."""
         with self._lock:
             return self.records.get(request_id)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, shut every connection, join threads (bounded)."""
-        self._stopping.set()
-        if self._acceptor.is_alive():
-            self._acceptor.join(timeout)
-        self._listener.close()
-        with self._lock:
-            socks = list(self._socks.values())
-            threads = list(self._threads)
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
     # -- internals -------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        """Accept until stopped; one thread per connection."""
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn_id = next(self._ids)
-            t = threading.Thread(target=self._serve, args=(sock, conn_id), daemon=True)
-            with self._lock:
-                self._socks[conn_id] = sock
-                self._threads = [x for x in self._threads if x.is_alive()]
-                self._threads.append(t)
-            t.start()
-
-    def _serve(self, sock: socket.socket, conn_id: int) -> None:
+    def handle(self, sock: socket.socket, conn_id: int) -> None:
         """Serve one connection: TLS handshake if configured, then requests in turn."""
         sock.settimeout(self.watch_timeout)
         try:
@@ -333,9 +271,7 @@ class StreamOrigin:
             return
         finally:
             with contextlib.suppress(OSError):
-                sock.close()
-            with self._lock:
-                self._socks.pop(conn_id, None)
+                sock.close()  # the TLS socket, if wrapped (the base closes the accepted one)
 
     def _read_head(self, sock: socket.socket, buf: bytearray) -> bytes | None:
         """The next request head (without the blank line), or None at end of stream."""

@@ -9,6 +9,8 @@ The pieces:
 * `start_proxy()` / `ProxyProcess`: run `twistd -n interceptor` on a loopback port with an
   optional TOML config, wait until it accepts connections, read its log, stop it.
   `ProxyLauncher` starts several and stops them all (what the pytest fixtures use).
+* `ThreadedServer`: the listen/accept/thread-per-connection/bounded-stop plumbing shared by the
+  test servers (`OriginServer` here, `StreamOrigin` in storm.py, `TLSOrigin` in tls_origin.py).
 * `OriginServer`: a threaded loopback HTTP/1.1 origin with per-path behaviours (`respond`,
   `respond_chunked`, `respond_until_close`, `echo`, `drip`, `close_before_headers`,
   `die_mid_body`, `respond_raw`). It counts accepted connections and records every request
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
@@ -160,6 +162,56 @@ def _parse_headers(lines: Iterable[bytes]) -> list[tuple[str, str]]:
     return headers
 
 
+def _take_exactly(buf: bytearray, n: int, more: Callable[[], object]) -> bytes:
+    """Remove and return the first `n` bytes of `buf`, calling `more()` while it is shorter.
+
+    `more()` must add bytes to `buf` or raise (the callers' readers do one of the two).
+    """
+    while len(buf) < n:
+        more()
+    data = bytes(buf[:n])
+    del buf[:n]
+    return data
+
+
+def _take_through(buf: bytearray, marker: bytes, more: Callable[[], object]) -> bytes:
+    """Remove and return the bytes of `buf` up to and including the first `marker`.
+
+    Calls `more()` (which must add bytes to `buf` or raise) until the marker is there.
+    """
+    start = 0
+    while (i := buf.find(marker, start)) < 0:
+        start = max(0, len(buf) - len(marker) + 1)
+        more()
+    return _take_exactly(buf, i + len(marker), more)
+
+
+def _read_chunked(
+    until: Callable[[bytes, int], bytes],
+    exactly: Callable[[int], bytes],
+    bad_chunk: Callable[[], Exception],
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """Decode a chunked body (after its head); returns (body, trailers).
+
+    `until(marker, limit)` takes bytes through `marker` (allowed to refuse beyond `limit`
+    bytes), `exactly(n)` takes `n` bytes; `bad_chunk()` is raised for chunk data not
+    followed by CRLF, ValueError for a size line that is not hex.
+    """
+    body = bytearray()
+    while True:
+        size_line = until(b"\r\n", 4096)
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            break
+        body += exactly(size)
+        if exactly(2) != b"\r\n":
+            raise bad_chunk()
+    trailer_lines = []
+    while (line := until(b"\r\n", 65536)) != b"\r\n":
+        trailer_lines.append(line[:-2])
+    return bytes(body), _parse_headers(trailer_lines)
+
+
 class _HeaderLookup:
     """Case-insensitive access to an ordered list of (name, value) headers."""
 
@@ -179,11 +231,13 @@ class _HeaderLookup:
         """Whether header `name` appears at all."""
         return bool(self.header_values(name))
 
+    def header_tokens(self, name: str) -> list[str]:
+        """The comma-separated tokens of every `name` header, lower-cased, in order."""
+        return [t.strip().lower() for v in self.header_values(name) for t in v.split(",")]
+
     def connection_tokens(self) -> set[str]:
         """Lower-cased tokens of every Connection header."""
-        return {
-            t.strip().lower() for v in self.header_values("connection") for t in v.split(",")
-        } - {""}
+        return set(self.header_tokens("connection")) - {""}
 
 
 @dataclass
@@ -328,33 +382,19 @@ class RawConnection:
             return condition in data if isinstance(condition, bytes) else condition(data)
 
         while not met():
-            try:
-                more = self._fill(deadline)
-            except TimeoutError:
-                raise IncompleteResponse("timed out waiting", bytes(self.buf)) from None
-            if not more:
-                raise IncompleteResponse("closed while waiting", bytes(self.buf))
+            self._more(deadline, "closed while waiting", "timed out waiting")
         return bytes(self.buf)
 
     def read_until(self, marker: bytes, timeout: float | None = None) -> bytes:
         """Take bytes up to and including `marker`; IncompleteResponse if the stream ends."""
         deadline = self._deadline(timeout)
-        start = 0
-        while True:
-            i = self.buf.find(marker, start)
-            if i >= 0:
-                data = bytes(self.buf[: i + len(marker)])
-                del self.buf[: i + len(marker)]
-                return data
-            start = max(0, len(self.buf) - len(marker) + 1)
-            try:
-                more = self._fill(deadline)
-            except TimeoutError:
-                raise IncompleteResponse(
-                    f"timed out waiting for {marker!r}", bytes(self.buf)
-                ) from None
-            if not more:
-                raise IncompleteResponse(f"closed before {marker!r}", bytes(self.buf))
+        return _take_through(
+            self.buf,
+            marker,
+            lambda: self._more(
+                deadline, f"closed before {marker!r}", f"timed out waiting for {marker!r}"
+            ),
+        )
 
     def read_response(
         self, method: str = "GET", timeout: float | None = None, interim: bool = False
@@ -378,32 +418,22 @@ class RawConnection:
 
     def _read_one(self, method: str, deadline: float) -> HTTPResponse:
         raw = bytearray()
+        timed_out = "timed out reading response"
 
-        def take_until(marker: bytes) -> bytes:
-            start = 0
-            while True:
-                i = self.buf.find(marker, start)
-                if i >= 0:
-                    data = bytes(self.buf[: i + len(marker)])
-                    del self.buf[: i + len(marker)]
-                    raw.extend(data)
-                    return data
-                start = max(0, len(self.buf) - len(marker) + 1)
-                if not self._more(deadline, raw, head):
-                    raise IncompleteResponse(
-                        f"connection closed before {marker!r}", bytes(raw + self.buf), head
-                    )
+        def take_until(marker: bytes, limit: int = 0) -> bytes:  # `limit`: not enforced here
+            closed = f"connection closed before {marker!r}"
+            data = _take_through(
+                self.buf, marker, lambda: self._more(deadline, closed, timed_out, raw, head)
+            )
+            raw.extend(data)
+            return data
 
         def take(n: int) -> bytes:
-            while len(self.buf) < n:
-                if not self._more(deadline, raw, head):
-                    raise IncompleteResponse(
-                        f"connection closed with {n - len(self.buf)} body bytes missing",
-                        bytes(raw + self.buf),
-                        head,
-                    )
-            data = bytes(self.buf[:n])
-            del self.buf[:n]
+            def more() -> None:
+                closed = f"connection closed with {n - len(self.buf)} body bytes missing"
+                self._more(deadline, closed, timed_out, raw, head)
+
+            data = _take_exactly(self.buf, n, more)
             raw.extend(data)
             return data
 
@@ -419,27 +449,16 @@ class RawConnection:
             reason=parts[2].decode("latin-1") if len(parts) > 2 else "",
             headers=_parse_headers(lines[1:]),
         )
-        codings = [
-            t.strip().lower() for v in resp.header_values("transfer-encoding") for t in v.split(",")
-        ]
+        codings = resp.header_tokens("transfer-encoding")
         if method.upper() == "HEAD" or resp.status < 200 or resp.status in (204, 304):
             pass
         elif codings and codings[-1] == "chunked":
             resp.chunked = True
-            body = bytearray()
-            while True:
-                size_line = take_until(b"\r\n")
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    break
-                body += take(size)
-                if take(2) != b"\r\n":
-                    raise IncompleteResponse("chunk not followed by CRLF", bytes(raw), head)
-            trailer_lines = []
-            while (line := take_until(b"\r\n")) != b"\r\n":
-                trailer_lines.append(line[:-2])
-            resp.trailers = _parse_headers(trailer_lines)
-            resp.body = bytes(body)
+            resp.body, resp.trailers = _read_chunked(
+                take_until,
+                take,
+                lambda: IncompleteResponse("chunk not followed by CRLF", bytes(raw), head),
+            )
         elif resp.has_header("content-length"):
             resp.body = take(int(resp.header("content-length") or "0"))
         else:
@@ -457,13 +476,25 @@ class RawConnection:
         resp.raw = bytes(raw)
         return resp
 
-    def _more(self, deadline: float, raw: bytearray, head: HTTPResponse | None) -> bool:
+    def _more(
+        self,
+        deadline: float,
+        closed: str,
+        timed_out: str,
+        raw: bytes | bytearray = b"",
+        head: HTTPResponse | None = None,
+    ) -> None:
+        """Read more into the buffer, or raise IncompleteResponse if nothing more comes.
+
+        Its message is `closed` at end of stream, `timed_out` at the deadline; its data is `raw`
+        (what was taken from the buffer already) followed by the buffer.
+        """
         try:
-            return self._fill(deadline)
+            filled = self._fill(deadline)
         except TimeoutError:
-            raise IncompleteResponse(
-                "timed out reading response", bytes(raw + self.buf), head
-            ) from None
+            raise IncompleteResponse(timed_out, bytes(raw + self.buf), head) from None
+        if not filled:
+            raise IncompleteResponse(closed, bytes(raw + self.buf), head)
 
 
 def exchange(
@@ -477,6 +508,152 @@ def exchange(
     except BaseException:
         conn.close()
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# Threaded loopback servers
+# --------------------------------------------------------------------------------------------
+
+
+class ThreadedServer:
+    """The plumbing of a threaded loopback test server; subclasses implement `handle()`.
+
+    `__init__` listens on a free port of `host` (`.port`, `.authority`); `listen()` adds
+    listeners before `start()` (e.g. on ::1; `.ports` maps each host to its port).
+    `start()` (or entering the context) runs one accept loop per listener; every accepted
+    connection gets a daemon thread running `handle(sock, conn_id)` (`conn_id` counts accepts
+    from 1), and its socket is closed when `handle` returns. `stop()` (or leaving the context)
+    stops accepting, shuts down every open connection and joins every thread, bounded.
+
+    Subclasses may use `_lock` for their own state, `_stopping` (set by `stop()`) to end long
+    loops, and replace `_socks[conn_id]` (e.g. by the TLS-wrapped socket) under `_lock`: it is
+    what `stop()` shuts down.
+    """
+
+    ACCEPT_POLL = 0.05  # accept() timeout, so an accept loop notices stop() promptly
+
+    def __init__(self, host: str = LOOPBACK, backlog: int = 128, name: str = "server") -> None:
+        self.host = host
+        self.name = name
+        self.backlog = backlog
+        self.listeners: list[socket.socket] = []
+        self.ports: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._acceptors: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []
+        self._socks: dict[int, socket.socket] = {}
+        self._accepts = 0
+        self.port: int = self.listen(host)
+
+    def listen(self, host: str, port: int = 0) -> int:
+        """Also listen on `host` (IPv6 if it has a colon; `port` 0: any); returns the port.
+
+        Only listeners added before `start()` are served.
+        """
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(self.backlog)
+            sock.settimeout(self.ACCEPT_POLL)
+        except BaseException:
+            sock.close()
+            raise
+        self.listeners.append(sock)
+        self.ports[host] = sock.getsockname()[1]
+        return self.ports[host]
+
+    def start(self) -> Self:
+        """Start accepting on every listener (idempotent); returns self."""
+        if not self._acceptors:
+            for listener in self.listeners:
+                t = threading.Thread(
+                    target=self._accept_loop,
+                    args=(listener,),
+                    name=f"{self.name}-accept",
+                    daemon=True,
+                )
+                self._acceptors.append(t)
+                t.start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def authority(self) -> str:
+        """`host:port` of the first listener (what a Host header names)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def accepts(self) -> int:
+        """Connections accepted so far."""
+        with self._lock:
+            return self._accepts
+
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed."""
+        with self._lock:
+            return len(self._socks)
+
+    def handle(self, sock: socket.socket, conn_id: int) -> None:
+        """Serve one accepted connection (in its own thread); override."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, shut every connection down, join all threads (within `timeout`)."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for t in self._acceptors:  # an accept loop ends within ACCEPT_POLL
+            t.join(max(0.0, deadline - time.monotonic()))
+        for listener in self.listeners:
+            listener.close()
+        with self._lock:
+            socks = list(self._socks.values())
+            threads = list(self._threads)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # the listener was closed
+            with self._lock:
+                self._accepts += 1
+                conn_id = self._accepts
+                self._socks[conn_id] = sock
+                t = threading.Thread(
+                    target=self._connection,
+                    args=(sock, conn_id),
+                    name=f"{self.name}-conn-{conn_id}",
+                    daemon=True,
+                )
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
+
+    def _connection(self, sock: socket.socket, conn_id: int) -> None:
+        try:
+            self.handle(sock, conn_id)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            with self._lock:
+                self._socks.pop(conn_id, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,24 +755,15 @@ class _SockReader:
         self.buf += data
 
     def until(self, marker: bytes, limit: int) -> bytes:
-        start = 0
-        while True:
-            i = self.buf.find(marker, start)
-            if i >= 0:
-                data = bytes(self.buf[: i + len(marker)])
-                del self.buf[: i + len(marker)]
-                return data
+        def more() -> None:
             if len(self.buf) > limit:
                 raise ValueError(f"no {marker!r} within {limit} bytes")
-            start = max(0, len(self.buf) - len(marker) + 1)
             self._fill()
 
+        return _take_through(self.buf, marker, more)
+
     def exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
+        return _take_exactly(self.buf, n, self._fill)
 
 
 def _status_line(status: int, reason: str | None = None) -> bytes:
@@ -809,7 +977,7 @@ def _not_found(req: OriginRequest, out: OriginConnection) -> None:
     respond(f"origin: no route for {req.path}\n".encode(), status=404)(req, out)
 
 
-class OriginServer:
+class OriginServer(ThreadedServer):
     """A threaded loopback HTTP/1.1 origin with per-path behaviours.
 
     Usage::
@@ -832,42 +1000,15 @@ class OriginServer:
     """
 
     def __init__(self, host: str = LOOPBACK, read_timeout: float = 60.0) -> None:
-        self.host = host
+        super().__init__(host, name="origin")
         self.read_timeout = read_timeout
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(128)
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
         self._routes: dict[str, _Route] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: dict[int, socket.socket] = {}
-        self._accepts = 0
         self._requests: list[OriginRequest] = []
         self._errors: list[str] = []
         self._bytes = 0
         self._raw: dict[int, bytearray] = {}
-        self._acceptor = threading.Thread(target=self._accept_loop, name="origin-accept")
-        self._acceptor.daemon = True
-        self._started = False
 
     # -- setup ----------------------------------------------------------------------------------
-
-    def start(self) -> OriginServer:
-        """Start accepting (idempotent); returns self."""
-        if not self._started:
-            self._started = True
-            self._acceptor.start()
-        return self
-
-    def __enter__(self) -> OriginServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def route(self, path: str, behaviour: Behaviour, send_continue: bool = True) -> str:
         """Serve `path` (exact match, query ignored) with `behaviour`; returns its URL."""
@@ -875,22 +1016,11 @@ class OriginServer:
             self._routes[path] = _Route(behaviour, send_continue)
         return self.url(path)
 
-    @property
-    def authority(self) -> str:
-        """`host:port` of this origin (what the Host header must be)."""
-        return f"{self.host}:{self.port}"
-
     def url(self, path: str = "/") -> str:
         """The absolute http:// URL of `path` on this origin."""
         return f"http://{self.authority}{path}"
 
     # -- observations ---------------------------------------------------------------------------
-
-    @property
-    def accepts(self) -> int:
-        """Connections accepted so far."""
-        with self._lock:
-            return self._accepts
 
     @property
     def requests(self) -> list[OriginRequest]:
@@ -921,50 +1051,7 @@ class OriginServer:
         """Requests received for `path` (query ignored)."""
         return [r for r in self.requests if r.path == path]
 
-    def open_connections(self) -> int:
-        """Connections accepted and not yet closed."""
-        with self._lock:
-            return len(self._socks)
-
-    # -- teardown -------------------------------------------------------------------------------
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection, join the threads (bounded by `timeout`)."""
-        self._stopping.set()
-        if self._started:
-            self._acceptor.join(timeout)
-        self._listener.close()
-        with self._lock:
-            socks = list(self._socks.values())
-            threads = list(self._threads)
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
     # -- internals ------------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.settimeout(self.read_timeout)
-            with self._lock:
-                self._accepts += 1
-                conn_id = self._accepts
-                self._socks[conn_id] = sock
-                t = threading.Thread(
-                    target=self._serve, args=(sock, conn_id), name=f"origin-conn-{conn_id}"
-                )
-                t.daemon = True
-                self._threads.append(t)
-            t.start()
 
     def _count(self, conn_id: int, data: bytes) -> None:
         with self._lock:
@@ -975,7 +1062,9 @@ class OriginServer:
         with self._lock:
             self._errors.append(text)
 
-    def _serve(self, sock: socket.socket, conn_id: int) -> None:
+    def handle(self, sock: socket.socket, conn_id: int) -> None:
+        """Serve requests on one connection until either side closes it."""
+        sock.settimeout(self.read_timeout)
         reader = _SockReader(sock, lambda data: self._count(conn_id, data))
         out = OriginConnection(sock, conn_id)
         try:
@@ -1007,8 +1096,6 @@ class OriginServer:
                     break
         finally:
             out.close()
-            with self._lock:
-                self._socks.pop(conn_id, None)
 
     def _read_request(
         self, reader: _SockReader, out: OriginConnection, conn_id: int
@@ -1026,9 +1113,7 @@ class OriginServer:
             raw_head=raw_head,
             conn_id=conn_id,
         )
-        codings = [
-            t.strip().lower() for v in req.header_values("transfer-encoding") for t in v.split(",")
-        ]
+        codings = req.header_tokens("transfer-encoding")
         lengths = req.header_values("content-length")
         if codings and lengths:
             raise ValueError("both Transfer-Encoding and Content-Length")
@@ -1045,20 +1130,9 @@ class OriginServer:
             if codings != ["chunked"]:
                 raise ValueError(f"unsupported Transfer-Encoding {codings}")
             req.chunked = True
-            body = bytearray()
-            while True:
-                size_line = reader.until(b"\r\n", limit=4096)
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    break
-                body += reader.exactly(size)
-                if reader.exactly(2) != b"\r\n":
-                    raise ValueError("chunk data not followed by CRLF")
-            trailer_lines = []
-            while (line := reader.until(b"\r\n", limit=65536)) != b"\r\n":
-                trailer_lines.append(line[:-2])
-            req.trailers = _parse_headers(trailer_lines)
-            req.body = bytes(body)
+            req.body, req.trailers = _read_chunked(
+                reader.until, reader.exactly, lambda: ValueError("chunk data not followed by CRLF")
+            )
         elif lengths:
             req.body = reader.exactly(int(lengths[0]))
         return req

@@ -24,10 +24,10 @@ import re
 import socket
 import ssl
 import tempfile
-import threading
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from tests.support import LOOPBACK, ThreadedServer
+
 LOOPBACK6 = "::1"
 
 MARKER = b"tls-origin-marker: this body comes from the origin itself\n"
@@ -52,8 +52,10 @@ def body_for(path: str) -> bytes | None:
     return random.Random(size).randbytes(size)
 
 
-class TLSOrigin:
+class TLSOrigin(ThreadedServer):
     """Threaded HTTPS/1.1 origin presenting one certificate (see the module docstring).
+
+    It accepts from construction on; use it as a context manager or call `stop()`.
 
     :param cert_pem: certificate chain (PEM) to present; :param key_pem: its private key.
     :param ipv6: also listen on ::1 (`ports["::1"]`), if the host has IPv6 loopback.
@@ -69,11 +71,6 @@ class TLSOrigin:
         alpn: tuple[str, ...] = ("http/1.1",),
     ) -> None:
         self.io_timeout = io_timeout
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._conns: set[socket.socket] = set()
-        self._accepts = 0
         self._handshakes = 0
         self._requests: list[str] = []
         self._responses = 0
@@ -90,34 +87,16 @@ class TLSOrigin:
             self.context.set_alpn_protocols(list(alpn))
         self.context.sni_callback = self._on_sni
 
-        self.listeners: list[socket.socket] = []
-        self.ports: dict[str, int] = {}
-        try:
-            self._listen(socket.AF_INET, LOOPBACK, 0)
-            if ipv6:
-                try:
-                    self._listen(socket.AF_INET6, LOOPBACK6, self.port)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        self._listen(socket.AF_INET6, LOOPBACK6, 0)
-        except BaseException:
-            self.stop()
-            raise
-        for listener in self.listeners:
-            self._spawn(self._accept_loop, listener)
+        super().__init__(LOOPBACK, name="tls-origin")
+        if ipv6:
+            try:
+                self.listen(LOOPBACK6, self.port)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self.listen(LOOPBACK6, 0)
+        self.start()
 
     # -- public ---------------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The port on 127.0.0.1."""
-        return self.ports[LOOPBACK]
-
-    @property
-    def accepts(self) -> int:
-        """TCP connections accepted so far."""
-        with self._lock:
-            return self._accepts
 
     @property
     def handshakes(self) -> int:
@@ -143,51 +122,7 @@ class TLSOrigin:
         with self._lock:
             return list(self._sni)
 
-    def __enter__(self) -> TLSOrigin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the listeners and every open connection; join all threads (bounded)."""
-        self._stop.set()
-        for listener in self.listeners:
-            with contextlib.suppress(OSError):
-                listener.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                conn.close()
-        for thread in list(self._threads):
-            thread.join(timeout)
-
     # -- internals ------------------------------------------------------------------------------
-
-    def _listen(self, family: int, host: str, port: int) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.settimeout(0.1)  # so the accept loop notices stop() promptly
-        except BaseException:
-            sock.close()
-            raise
-        self.listeners.append(sock)
-        self.ports[host] = sock.getsockname()[1]
-
-    def _spawn(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
 
     def _on_sni(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
         with self._lock:
@@ -197,44 +132,28 @@ class TLSOrigin:
         with self._lock:
             self.errors.append(text)
 
-    def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # listener closed by stop()
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._accepts += 1
-                self._conns.add(sock)
-            self._spawn(self._serve, sock)
-
-    def _serve(self, raw: socket.socket) -> None:
-        conn: socket.socket = raw
+    def handle(self, sock: socket.socket, conn_id: int) -> None:
+        """TLS handshake, then keep-alive requests until either side closes."""
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn: socket.socket = sock
         try:
-            raw.settimeout(self.io_timeout)
-            conn = self.context.wrap_socket(raw, server_side=True)
+            sock.settimeout(self.io_timeout)
+            conn = self.context.wrap_socket(sock, server_side=True)
             with self._lock:
-                self._conns.discard(raw)
-                self._conns.add(conn)
+                self._socks[conn_id] = conn  # what stop() shuts down from now on
                 self._handshakes += 1
             buf = bytearray()
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 head = self._read_head(conn, buf)
                 if head is None:
                     return
                 if not self._answer(conn, head):
                     return
         except (OSError, ssl.SSLError, ValueError) as e:
-            if not self._stop.is_set():
+            if not self._stopping.is_set():
                 self._error(f"{type(e).__name__}: {e}")
         finally:
-            with self._lock:
-                self._conns.discard(raw)
-                self._conns.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
