@@ -247,6 +247,8 @@ class StreamOrigin(ThreadedServer):
                     sock = self._ctx.wrap_socket(sock, server_side=True)
                 except (OSError, ssl.SSLError):
                     return  # the proxy went away during the handshake: its business
+                with self._lock:
+                    self._socks[conn_id] = sock  # what stop() shuts down from now on
             buf = bytearray()
             for _ in range(10000):  # requests per connection, bounded
                 head = self._read_head(sock, buf)
