@@ -488,6 +488,18 @@ def test_self_signed_origin_passes_when_in_upstream_bundle(
     assert result.stdout.endswith(b"\n502") and MARKER not in result.stdout, result.stdout
 
 
+def test_verify_upstream_false_accepts_bad_origins_and_says_so(
+    _launcher: ProxyLauncher, origins: dict[str, TLSOrigin]
+) -> None:
+    proxy = _launcher.start(env={"INTERCEPTOR_TLS_VERIFY_UPSTREAM": "false"})
+    proxy.wait_for_log(r"verify_upstream = false: upstream certificates are NOT checked")
+    for kind in ("self-signed", "expired", "wrong-name"):
+        origin = origins[kind]
+        result = curl_https(proxy, f"https://localhost:{origin.port}/marker", ca_pem(proxy))
+        assert result.returncode == 0, kind + result.stderr.decode() + proxy.log_tail()
+        assert result.stdout == MARKER, kind
+
+
 # --- 4. passthrough ------------------------------------------------------------------------
 
 
