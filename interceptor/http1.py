@@ -19,9 +19,10 @@ MAX_HEAD = 64 * 1024
 HEAD = 0  # payload: RequestHead / ResponseHead
 BODY = 1  # payload: bytes (already de-chunked)
 END = 2  # payload: None
-TUNNEL = 3  # payload: bytes that followed a CONNECT head (maybe a pipelined TLS ClientHello)
+TUNNEL = 3  # payload: bytes after a CONNECT/Upgrade head (maybe a pipelined TLS ClientHello)
 ERROR = 4  # payload: ProtocolError
 INFO = 5  # payload: ResponseHead of a 1xx interim response
+UPGRADED = 6  # payload: ResponseHead of a 101 Switching Protocols (then TUNNEL with the rest)
 
 Event = tuple[int, Any]
 
@@ -58,7 +59,16 @@ class ProtocolError(Exception):
 class RequestHead:
     """A parsed request head, as the parser saw it (headers in order, names as sent)."""
 
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "framing", "length")
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "framing",
+        "length",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -69,6 +79,7 @@ class RequestHead:
         keep_alive: bool,
         framing: int,
         length: int,
+        upgrade: bytes = b"",
     ) -> None:
         self.method = method
         self.target = target
@@ -77,6 +88,9 @@ class RequestHead:
         self.keep_alive = keep_alive
         self.framing = framing
         self.length = length
+        # The Upgrade header's value when llhttp saw a valid upgrade request (Connection:
+        # upgrade); the connection then switches protocols if the origin answers 101.
+        self.upgrade = upgrade
 
 
 class ResponseHead:
@@ -210,6 +224,7 @@ class RequestReader(_Reader):
                     parser.should_keep_alive(),
                     framing,
                     length,
+                    upgrade_value(self._headers) if parser.should_upgrade() else b"",
                 ),
             )
         )
@@ -224,13 +239,10 @@ class RequestReader(_Reader):
         try:
             self._feed(self._parser, data)
         except httptools.HttpParserUpgrade as upgrade:
-            offset = upgrade.args[0]
-            if self.events and self._is_connect():
-                self.closed = True
-                self.events.append((TUNNEL, data[offset:]))
-            else:
-                # An Upgrade request: we strip Upgrade (hop-by-hop) and carry on as plain HTTP.
-                self.feed(data[offset:])
+            # CONNECT, or an Upgrade request: what follows the head is not HTTP (or not yet:
+            # an origin may still refuse the upgrade, and then this connection closes).
+            self.closed = True
+            self.events.append((TUNNEL, data[upgrade.args[0] :]))
         except ProtocolError as e:
             self._fail(e)
         except httptools.HttpParserError as e:
@@ -240,15 +252,17 @@ class RequestReader(_Reader):
             if last is not None and last[0] == END and not self._parser.should_keep_alive():
                 self.closed = True  # llhttp refuses data after a non-persistent message anyway
 
-    def _is_connect(self) -> bool:
-        for kind, payload in reversed(self.events):
-            if kind == HEAD:
-                return payload.method == b"CONNECT"
-        return False
-
     def _fail(self, error: ProtocolError) -> None:
         self.closed = True
         self.events.append((ERROR, error))
+
+
+def upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The Upgrade header's value (b"" if there is none)."""
+    for name, value in headers:
+        if name.lower() == b"upgrade":
+            return value
+    return b""
 
 
 def _parser_error(e: Exception) -> ProtocolError:
@@ -295,8 +309,9 @@ class ResponseReader(_Reader):
             self._error = ProtocolError(502, "upstream sent an unsupported Transfer-Encoding")
             raise self._error from None
         if status < 200:
+            kind = UPGRADED if status == 101 else INFO
             self.events.append(
-                (INFO, ResponseHead(status, self._reason, version, self._headers, True, 0, -1))
+                (kind, ResponseHead(status, self._reason, version, self._headers, True, 0, -1))
             )
             return
         if self.head_only or status in (204, 304):
@@ -337,6 +352,9 @@ class ResponseReader(_Reader):
         """Parse upstream bytes, appending events; garbage ends in one ERROR event."""
         try:
             self._feed(self._parser, data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # 101 Switching Protocols: the rest is the new protocol's, relayed opaquely.
+            self.events.append((TUNNEL, data[upgrade.args[0] :]))
         except ProtocolError as e:
             self.events.append((ERROR, e))
         except httptools.HttpParserError as e:

@@ -32,12 +32,14 @@ from .http1 import (
     NO_BODY,
     TUNNEL,
     UNTIL_CLOSE,
+    UPGRADED,
     ProtocolError,
     RequestHead,
     ResponseHead,
 )
 from .lifecycle import Action, Ending, Phase, Side, connect_failure, decide
 from .process import Counters
+from .tunnel import Tunnel
 from .upstream import Key, Pool, UpstreamConnection
 
 _MAX_QUEUED_EVENTS = 16  # pipelined/early body events held before we stop reading the client
@@ -129,6 +131,7 @@ class Session:
         self._discard_body = False
         self._retried = False
         self._upstream_keep_alive = False
+        self._upgrade_requested = False
         self.closed = False
         ctx.sessions.add(self)
 
@@ -238,7 +241,9 @@ class Session:
             elif kind == HEAD:
                 self._request_head(payload)
             elif kind == TUNNEL:
-                pass  # bytes after a CONNECT we refused: the connection closes anyway
+                # Bytes after a CONNECT or Upgrade that did not happen: the reader stopped at
+                # them, so this connection can carry nothing more.
+                self.client.close()
             else:
                 self._refuse(payload)
         queued = len(events) > _MAX_QUEUED_EVENTS
@@ -280,6 +285,12 @@ class Session:
                 headers.append((name, value))
         if head.framing == CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
+        self._upgrade_requested = bool(head.upgrade)
+        if head.upgrade:
+            # WebSocket and friends: ask the origin to switch; if it answers anything but 101,
+            # the client's reader is already closed (what followed may not be HTTP): close after.
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+            self._keep_alive = False
         method = head.method.decode("ascii")
         flow.request = request = Request(method, scheme, host, port, path, headers, head.version)
         ctx.hooks.request(flow)
@@ -447,6 +458,11 @@ class Session:
                     self.client.write(
                         http1.serialize_response(payload.status, payload.reason, payload.headers)
                     )
+            elif kind == UPGRADED:
+                self._upgraded(payload)
+            elif kind == TUNNEL:
+                if self.tunnel is not None and payload:
+                    self.tunnel.from_upstream(payload)
             else:
                 self._upstream_garbage(payload)
             if self.closed:
@@ -482,6 +498,32 @@ class Session:
         self._response_started = True
         flow.status = response.status
         self.client.write(http1.serialize_response(response.status, response.reason, headers))
+
+    def _upgraded(self, head: ResponseHead) -> None:
+        """101 Switching Protocols: relay both directions opaquely from here on."""
+        conn = self.upstream
+        flow = self.flow
+        if conn is None or flow is None or not self._upgrade_requested or self._response_started:
+            self._upstream_garbage(ProtocolError(502, "upstream switched protocols unasked"))
+            return
+        headers = http1.strip_hop_by_hop(head.headers)
+        headers += [(b"Connection", b"Upgrade"), (b"Upgrade", http1.upgrade_value(head.headers))]
+        flow.status = 101
+        self.client.write(http1.serialize_response(101, head.reason, headers))
+        self.flow = None
+        self.upstream = None
+        self._up_ready = False
+        self._record(flow)
+        self.tunnel = tunnel = Tunnel(
+            self.client, conn, self.ctx.clock, self.ctx.half_close_timeout
+        )
+        conn.tunnel = tunnel
+        leftover = self._take_tunnel_bytes()
+        self.events.clear()
+        self._paused_queue = self._paused_upstream = False
+        self._update_client_reading()
+        if leftover:
+            tunnel.from_client(leftover)
 
     def _response_body(self, data: bytes) -> None:
         flow = self.flow
@@ -566,9 +608,12 @@ class Session:
 
     def upstream_lost(self, conn: UpstreamConnection, ending: Ending, reason: Failure) -> None:
         """Our upstream connection ended."""
-        if conn is not self.upstream:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if conn is tunnel.upstream:  # an upgraded (101) connection
+                tunnel.upstream_ended(ending)
             return
-        if self.tunnel is not None:
+        if conn is not self.upstream:
             return
         phase = self.phase
         if (

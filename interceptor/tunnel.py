@@ -1,4 +1,6 @@
-"""Opaque CONNECT relay (passthrough hosts): bytes both ways, half-close relayed and bounded.
+"""Opaque relays: passthrough CONNECTs, and connections switched by a 101 (WebSocket...).
+
+Bytes both ways, half-close relayed and bounded.
 
 Twisted never calls connectionLost by itself once both halves of a TCP connection are shut, so
 when both directions have ended we close both legs; and a half-closed tunnel is aborted after
@@ -23,7 +25,7 @@ from .upstream import OneShotFactory
 class Tunnel:
     """The relay between a client leg and an upstream leg."""
 
-    def __init__(self, client: Leg, upstream: TunnelUpstream, clock: IReactorTime, bound: float):
+    def __init__(self, client: Leg, upstream: Leg, clock: IReactorTime, bound: float):
         self.client = client
         self.upstream = upstream
         self.clock = clock

@@ -55,6 +55,7 @@ class UpstreamConnection(Leg):
         self.requests = 0  # requests sent on this connection so far
         self.idle_since = 0.0
         self.reading_paused = False
+        self.tunnel: Any = None  # set after a 101: bytes are relayed opaquely from then on
         self._last_activity = 0.0
         self._read_timer: Any = None
 
@@ -100,8 +101,8 @@ class UpstreamConnection(Leg):
     def _check_read(self) -> None:
         # Lazy timer: activity only stamps a time; the timer re-arms itself from that stamp.
         self._read_timer = None
-        if self.ended is not None or self.owner is None:
-            return  # gone, or idle in the pool (which has its own idle timeout)
+        if self.ended is not None or self.owner is None or self.tunnel is not None:
+            return  # gone, idle in the pool (it has its own timeout), or an upgraded relay
         timeout = self.pool.read_timeout
         now = self.clock.seconds()
         if self.reading_paused:
@@ -114,6 +115,9 @@ class UpstreamConnection(Leg):
 
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self.clock.seconds()
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
+            return
         owner = self.owner
         if owner is None:
             # Idle in the pool and the origin talks: its framing and ours disagree.

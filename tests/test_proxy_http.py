@@ -21,6 +21,8 @@ import pytest
 from tests.support import (
     HTTPResponse,
     IncompleteResponse,
+    OriginConnection,
+    OriginRequest,
     OriginServer,
     ProxyProcess,
     RawConnection,
@@ -411,16 +413,63 @@ def test_hop_by_hop_request_headers_not_forwarded(
     assert req.header("accept") == "text/plain"
 
 
-def test_upgrade_request_forwarded_as_plain_http(proxy: ProxyProcess, origin: OriginServer) -> None:
+def test_refused_upgrade_is_relayed_and_the_connection_closes(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
     origin.route("/ws", respond(b"no upgrade here"))
     headers = [("Host", origin.authority), ("Connection", "Upgrade"), ("Upgrade", "websocket")]
     with RawConnection(proxy.port) as conn:
         conn.send(request_bytes("GET", origin.url("/ws"), headers))
         resp = conn.read_response()
-    assert resp.status == 200 and resp.body == b"no upgrade here"
+        assert resp.status == 200 and resp.body == b"no upgrade here"
+        assert "close" in resp.connection_tokens()
+        assert conn.wait_closed()
     (req,) = origin.requests
-    assert not req.has_header("upgrade")
-    assert "upgrade" not in req.connection_tokens()
+    assert req.header("upgrade") == "websocket"
+    assert "upgrade" in req.connection_tokens()
+
+
+def switch_and_echo(req: OriginRequest, out: OriginConnection) -> None:
+    """Origin behaviour: accept the upgrade with 101, then echo raw bytes until EOF."""
+    out.send(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+        b"Upgrade: " + req.header("upgrade").encode() + b"\r\n\r\n"
+    )
+    out.sock.settimeout(10)
+    for _ in range(1000):  # bounded
+        data = out.sock.recv(65536)
+        if not data:
+            break
+        out.send(data.upper())
+    out.close()
+
+
+def test_websocket_upgrade_relays_both_ways(proxy: ProxyProcess, origin: OriginServer) -> None:
+    origin.route("/chat", switch_and_echo)
+    headers = [
+        ("Host", origin.authority),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    with RawConnection(proxy.port) as conn:
+        conn.send(request_bytes("GET", origin.url("/chat"), headers))
+        head = conn.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Upgrade: websocket" in head
+        for message in (b"hello", b"\x81\x05frame", b"x" * 100_000):
+            conn.send(message)
+            echoed = b""
+            while len(echoed) < len(message):
+                echoed += conn.read_available()
+            assert echoed == message.upper()
+        conn.shutdown_write()  # the client's FIN reaches the origin, which then closes
+        assert conn.wait_closed()
+    (req,) = origin.requests
+    assert req.header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+    entry = proxy.wait_for_log(r"GET http://\S+/chat 101 ")
+    assert entry
 
 
 @pytest.mark.parametrize(

@@ -412,3 +412,62 @@ def test_bad_connect_target_is_400():
     client.dataReceived(b"CONNECT host:notaport HTTP/1.1\r\n\r\n")
     assert ct.value().startswith(b"HTTP/1.1 400 ")
     assert b"CONNECT target must be host:port" in ct.value()
+
+
+UPGRADE_REQUEST = (
+    b"GET http://127.0.0.1:9000/chat HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc\r\n\r\n"
+)
+
+
+def test_websocket_upgrade_switches_to_an_opaque_relay():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(UPGRADE_REQUEST + b"early")
+    up, ut = rig.complete_connect()
+    sent = ut.value()
+    assert b"Connection: Upgrade\r\n" in sent and b"Upgrade: websocket\r\n" in sent
+    assert b"Sec-WebSocket-Key: abc" in sent
+    assert b"early" not in sent  # nothing of the new protocol before the 101
+    ut.clear()
+    up.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Accept: xyz\r\n\r\n\x81\x02hi"
+    )
+    out = ct.value()
+    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Upgrade: websocket" in out and out.endswith(b"\r\n\r\n\x81\x02hi")
+    assert ut.value() == b"early"  # what the client sent early follows the 101
+    ct.clear()
+    ut.clear()
+    client.dataReceived(b"\x81\x03abc")
+    up.dataReceived(b"\x81\x03def")
+    assert ut.value() == b"\x81\x03abc" and ct.value() == b"\x81\x03def"
+    rig.reactor.advance(3600)  # no read timeout on a quiet WebSocket
+    assert not ut.disconnecting and not ct.disconnecting
+    lost(up, error.ConnectionDone())
+    assert ct.disconnecting and not ct.aborted
+    assert rig.pool.idle_count() == 0
+
+
+def test_refused_upgrade_is_answered_and_the_connection_closes():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(UPGRADE_REQUEST)
+    up, ut = rig.complete_connect()
+    up.dataReceived(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno")
+    assert ct.value().startswith(b"HTTP/1.1 426 ")
+    assert b"Connection: close" in ct.value()
+    assert ct.disconnecting
+
+
+def test_unasked_101_is_a_502():
+    rig = Rig()
+    client, ct = rig.client()
+    client.dataReceived(GET)
+    up, ut = rig.complete_connect()
+    up.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+    )
+    assert ct.value().startswith(b"HTTP/1.1 502 ")
+    assert ut.aborted
