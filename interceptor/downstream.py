@@ -9,33 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .leg import Leg
+from .leg import BufferSignal, Leg
 from .lifecycle import Ending, Side
 from .session import ProxyContext, Session
-
-
-@implementer(IPushProducer)
-class _WriteBuffer:
-    """Told by the client transport when its send buffer fills or drains."""
-
-    __slots__ = ("client",)
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
-
-    def pauseProducing(self) -> None:
-        self.client.session.client_write_blocked()
-
-    def resumeProducing(self) -> None:
-        self.client.session.client_write_unblocked()
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @implementer(IHalfCloseableProtocol)
@@ -59,7 +40,7 @@ class ClientConnection(Leg):
         host = getattr(peer, "host", None)
         self.peer = f"{host}:{peer.port}" if host is not None else "unix"
         self.session = Session(self.ctx, self)
-        self.transport.registerProducer(_WriteBuffer(self), True)
+        self.transport.registerProducer(self._buffer_signal(), True)
         clock = self.clock
         self._last = clock.seconds()
         self._timer = clock.callLater(self.ctx.idle_timeout, self._check_timeout)
@@ -103,11 +84,15 @@ class ClientConnection(Leg):
         transport = self.transport
         transport.unregisterProducer()
         transport.startTLS(factory)
-        transport.registerProducer(_WriteBuffer(self), True)
+        transport.registerProducer(self._buffer_signal(), True)
         if leftover:
             # A ClientHello pipelined behind the CONNECT head was read before TLS existed:
             # hand it to the TLS layer now, or the handshake waits forever.
             transport.protocol.dataReceived(leftover)
+
+    def _buffer_signal(self) -> BufferSignal:
+        session = self.session
+        return BufferSignal(session.client_write_blocked, session.client_write_unblocked)
 
     # -- timers --------------------------------------------------------------------------------
 

@@ -8,14 +8,37 @@ behind it so a peer that never reads cannot hold us), and the bookkeeping of eac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .lifecycle import DRAIN_GRACE, Ending, Side, classify
 from .process import Counters, SocketRegistry
+
+
+@implementer(IPushProducer)
+class BufferSignal:
+    """Registered as a transport's streaming producer only to hear when its send buffer fills
+    (`full`) and drains (`drained`): the hook for pausing the other leg (backpressure)."""
+
+    __slots__ = ("full", "drained")
+
+    def __init__(self, full: Callable[[], None], drained: Callable[[], None]) -> None:
+        self.full = full
+        self.drained = drained
+
+    def pauseProducing(self) -> None:
+        self.full()
+
+    def resumeProducing(self) -> None:
+        self.drained()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class Leg(Protocol):

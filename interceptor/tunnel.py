@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .leg import Leg
+from .leg import BufferSignal, Leg
 from .lifecycle import Action, Ending, Phase, Side, decide
 from .process import Counters, SocketRegistry
 from .upstream import OneShotFactory
@@ -99,23 +99,6 @@ class Tunnel:
         self._timer = None
 
 
-@implementer(IPushProducer)
-class _WriteBuffer:
-    __slots__ = ("leg",)
-
-    def __init__(self, leg: TunnelUpstream) -> None:
-        self.leg = leg
-
-    def pauseProducing(self) -> None:
-        self.leg.session.client.pause_reading()
-
-    def resumeProducing(self) -> None:
-        self.leg.session.client.resume_reading()
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IHalfCloseableProtocol)
 class TunnelUpstream(Leg):
     """The upstream leg of an opaque tunnel."""
@@ -140,7 +123,10 @@ class TunnelUpstream(Leg):
         if self.session.closed:
             self.abort("client_gone")
             return
-        self.transport.registerProducer(_WriteBuffer(self), True)
+        client = self.session.client
+        self.transport.registerProducer(
+            BufferSignal(client.pause_reading, client.resume_reading), True
+        )
         self.tunnel = Tunnel(self.session.client, self, self.clock, self.bound)
         self.session.tunnel_established(self.tunnel)
 

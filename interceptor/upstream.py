@@ -13,13 +13,13 @@ from typing import Any, Protocol
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .http1 import ResponseReader
-from .leg import Leg
+from .leg import BufferSignal, Leg
 from .lifecycle import Ending, Side
 from .process import Counters, SocketRegistry
 
@@ -61,13 +61,21 @@ class UpstreamConnection(Leg):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.registerProducer(_WriteBuffer(self), True)
+        self.transport.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
         if not self.tls:
             self._ready()
 
     def handshakeCompleted(self) -> None:
         # Twisted verified chain and name before calling this; only now may bytes flow.
         self._ready()
+
+    def _buffer_full(self) -> None:
+        if self.owner is not None:
+            self.owner.upstream_write_blocked()
+
+    def _buffer_drained(self) -> None:
+        if self.owner is not None:
+            self.owner.upstream_write_unblocked()
 
     def _ready(self) -> None:
         self.ready = True
@@ -146,29 +154,6 @@ class UpstreamConnection(Leg):
     def reusable(self) -> bool:
         """Still connected, and nothing odd was seen on it."""
         return self.ended is None and self.ready and not self.reader.spurious
-
-
-@implementer(IPushProducer)
-class _WriteBuffer:
-    """Told by the transport when our send buffer fills or drains; tells the owner."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-
-    def pauseProducing(self) -> None:
-        owner = self.conn.owner
-        if owner is not None:
-            owner.upstream_write_blocked()
-
-    def resumeProducing(self) -> None:
-        owner = self.conn.owner
-        if owner is not None:
-            owner.upstream_write_unblocked()
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class OneShotFactory(Factory):
