@@ -48,9 +48,9 @@ class ClientConnection(Leg):
     def dataReceived(self, data: bytes) -> None:
         session = self.session
         self._last = now = self.clock.seconds()
-        pending = session.reader._in_head
+        pending = session.head_pending
         session.client_data(data)
-        if not pending and session.reader._in_head:
+        if not pending and session.head_pending:
             # A head began and did not finish in this read: it now has header_timeout to do so.
             self._head_started = now
             deadline = now + self.ctx.header_timeout
@@ -105,7 +105,7 @@ class ClientConnection(Leg):
         now = self.clock.seconds()
         if session.tunnel is not None or session.flow is not None:
             deadline = now + ctx.idle_timeout  # not idle: the exchange or tunnel has its own
-        elif session.reader._in_head:
+        elif session.head_pending:
             deadline = self._head_started + ctx.header_timeout
         else:
             deadline = self._last + ctx.idle_timeout

@@ -147,14 +147,15 @@ class _Reader:
         self.events: list[Event] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
-        self._in_head = False
+        # A head has begun and not finished (the client's header timeout applies meanwhile).
+        self.in_head = False
         self._fed_in_head = 0
         self._error: ProtocolError | None = None
 
     def on_message_begin(self) -> None:
         self._headers = []
         self._head_size = 0
-        self._in_head = True
+        self.in_head = True
         self._fed_in_head = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -170,9 +171,9 @@ class _Reader:
     def _feed(self, parser: Any, data: bytes) -> None:
         # llhttp keeps no limit of its own on a head that never ends; count the bytes fed while a
         # head is open so a peer cannot grow one without bound.
-        was_in_head = self._in_head
+        was_in_head = self.in_head
         parser.feed_data(data)
-        if self._in_head:
+        if self.in_head:
             self._fed_in_head = self._fed_in_head + len(data) if was_in_head else len(data)
             if self._fed_in_head > MAX_HEAD:
                 raise self._too_big
@@ -202,7 +203,7 @@ class RequestReader(_Reader):
         self._url = b""
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self.in_head = False
         parser = self._parser
         version = parser.get_http_version()
         if version not in _VERSIONS:
@@ -299,7 +300,7 @@ class ResponseReader(_Reader):
         self._reason += status
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self.in_head = False
         parser = self._parser
         status = parser.get_status_code()
         version = parser.get_http_version()

@@ -153,7 +153,7 @@ class Session:
     @property
     def head_pending(self) -> bool:
         """A request head has begun arriving but is not complete (header timeout applies)."""
-        return self.reader._in_head
+        return self.reader.in_head
 
     # -- client side events --------------------------------------------------------------------
 
