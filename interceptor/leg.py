@@ -56,7 +56,6 @@ class Leg(Protocol):
         self.ended: Ending | None = None  # set once connectionLost has been handled
         self._aborted_for: Ending | None = None
         self._closed_for: Ending | None = None
-        self._abort_reason = ""
         self._drain_timer: Any = None
         self._fd = -1
 
@@ -111,7 +110,6 @@ class Leg(Protocol):
         if self.ended is not None or self._aborted_for is not None or self.transport is None:
             return
         self._aborted_for = ending
-        self._abort_reason = reason
         self.counters.aborts[reason] += 1
         self.transport.abortConnection()
 

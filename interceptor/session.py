@@ -211,7 +211,6 @@ class Session:
     def timed_out(self) -> None:
         """The client connection's current timeout expired (idle or slow head)."""
         if self.flow is None and self.head_pending:
-            self.ctx.counters.responses["4xx"] += 1
             self._log_refusal(408, "request head not received in time")
             self.client.write(
                 http1.simple_response(408, "Request Timeout", "request head timed out", True)
@@ -276,7 +275,7 @@ class Session:
         try:
             scheme, host, port, path = self._target(head)
         except ValueError as e:
-            self._fail_request(400, str(e))
+            self._respond_error(400, str(e))
             return
         default = 443 if scheme == "https" else 80
         headers = [(b"Host", _authority(host, port, default))]
@@ -359,7 +358,7 @@ class Session:
         self.upstream = None
         self._connecting = None
         status, text = connect_failure(reason)
-        self._fail_request(status, text)
+        self._respond_error(status, text)
         return None
 
     def _request_body(self, data: bytes) -> None:
@@ -399,11 +398,8 @@ class Session:
         self._request_done = True
         self._respond_error(error.status, error.reason)
 
-    def _fail_request(self, status: int, text: str) -> None:
-        """Answer the current request with an error instead of an upstream response."""
-        self._respond_error(status, text)
-
     def _respond_error(self, status: int, text: str) -> None:
+        """Answer the current request with an error instead of an upstream response."""
         flow = self.flow
         assert flow is not None
         flow.error = text
@@ -592,7 +588,7 @@ class Session:
         flow = Flow(self.client.peer, self.ctx.clock.seconds())
         flow.status = status
         flow.error = text
-        self.ctx.hooks.done(flow)
+        self._record(flow)
 
     def _upstream_garbage(self, error: ProtocolError) -> None:
         conn = self.upstream
@@ -601,7 +597,7 @@ class Session:
             conn.owner = None
             conn.abort("upstream_protocol_error")
         if not self._response_started and self.flow is not None:
-            self._fail_request(502, error.reason)
+            self._respond_error(502, error.reason)
         else:
             self._keep_alive = False
             self.client.abort("upstream_protocol_error")
@@ -674,7 +670,7 @@ class Session:
                     if status == 504
                     else f"upstream closed the connection before responding ({ending.value})"
                 )
-            self._fail_request(status, detail)
+            self._respond_error(status, detail)
         elif action is Action.TRUNCATE_PEER:
             self._keep_alive = False
             self.client.truncate(f"upstream_{ending.value}", self._out_framing != UNTIL_CLOSE)
@@ -716,18 +712,18 @@ class Session:
         try:
             host, port = _split_authority(head.target, 443)
         except (ValueError, UnicodeDecodeError):
-            self._fail_request(400, "CONNECT target must be host:port")
+            self._respond_error(400, "CONNECT target must be host:port")
             return
         flow.request = Request("CONNECT", "https", host, port, b"", head.headers, head.version)
         ctx = self.ctx
         self._request_open = False
         self._request_done = True
         if self._intercept is not None:
-            self._fail_request(400, "CONNECT inside an intercepted tunnel")
+            self._respond_error(400, "CONNECT inside an intercepted tunnel")
             return
         if ctx.passthrough(host) or ctx.intercept is None:
             if ctx.tunnel_connect is None:
-                self._fail_request(501, "CONNECT is not supported")
+                self._respond_error(501, "CONNECT is not supported")
                 return
             self._keep_alive = False
             self._connecting = ctx.tunnel_connect(host, port, self)
@@ -772,7 +768,7 @@ class Session:
             return
         status, text = connect_failure(reason)
         self._keep_alive = False
-        self._fail_request(status, text)
+        self._respond_error(status, text)
 
 
 _REASONS = {

@@ -33,18 +33,14 @@ class Tunnel:
         self.client_eof = False  # client sent FIN
         self.upstream_eof = False  # upstream sent FIN
         self._timer: Any = None
-        self.bytes_up = 0
-        self.bytes_down = 0
 
     def from_client(self, data: bytes) -> None:
         """Client bytes go to the upstream."""
-        self.bytes_up += len(data)
         if self.upstream.ended is None:
             self.upstream.transport.write(data)
 
     def from_upstream(self, data: bytes) -> None:
         """Upstream bytes go to the client."""
-        self.bytes_down += len(data)
         if self.client.ended is None:
             self.client.transport.write(data)
 

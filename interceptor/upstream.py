@@ -203,8 +203,6 @@ class Pool:
         self.read_timeout = read_timeout
         self.idle: dict[Key, list[UpstreamConnection]] = {}
         self._sweep: Any = None
-        self.connects = 0
-        self.reuses = 0
 
     def acquire(self, key: Key, owner: Owner) -> UpstreamConnection | None:
         """An idle connection for `key`, now owned by `owner`, or None."""
@@ -213,7 +211,6 @@ class Pool:
             conn = conns.pop()
             if conn.reusable:
                 conn.owner = owner
-                self.reuses += 1
                 return conn
         return None
 
@@ -227,7 +224,6 @@ class Pool:
         address = self.hosts.get(host.lower(), host)
         tls = scheme == "https"
         conn = UpstreamConnection(self, key, owner, tls)
-        self.connects += 1
         version = _is_ip(address)
         endpoint: Any
         if version == 4:
