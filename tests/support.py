@@ -1306,14 +1306,19 @@ class ProxyProcess:
         The proxy drains in-flight exchanges for up to `proxy.shutdown_timeout` (10 s by
         default) after SIGTERM, so `timeout` should exceed that.
         """
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, timeout)
+
+
+def stop_process(popen: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """SIGTERM `popen`, wait up to `timeout` s, then SIGKILL; idempotent; the exit status."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode
 
 
 def _accepts_connections(port: int) -> bool:

@@ -36,6 +36,7 @@ from tests.support import (
     free_port,
     get,
     respond,
+    stop_process,
     wait_for,
 )
 
@@ -416,16 +417,10 @@ class OwnStdoutProxy:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; the exit status (idempotent)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        status = stop_process(self.popen, timeout)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
-        return self.popen.returncode
+        return status
 
 
 @pytest.fixture
