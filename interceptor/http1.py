@@ -304,11 +304,20 @@ class ResponseReader(_Reader):
         parser = self._parser
         status = parser.get_status_code()
         version = parser.get_http_version()
+        if not 100 <= status <= 599:
+            self._error = ProtocolError(502, f"upstream sent invalid status {status:03d}")
+            raise self._error
         try:
             framing, length, has_te = _framing(self._headers)
         except ProtocolError:
             self._error = ProtocolError(502, "upstream sent an unsupported Transfer-Encoding")
             raise self._error from None
+        if status < 200 and status != 101 and framing != NO_BODY:
+            # A 1xx never has a body (RFC 9110 15.2), yet llhttp reads one when the head frames
+            # it: relayed raw, that body would be read by the client as the next response
+            # (response splitting). Refused before a byte of it is parsed.
+            self._error = ProtocolError(502, f"upstream sent a {status} response with a body")
+            raise self._error
         if status < 200:
             kind = UPGRADED if status == 101 else INFO
             self.events.append(

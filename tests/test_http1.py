@@ -139,6 +139,34 @@ def test_interim_response_then_final():
     assert r.events[0][1].status == 100
 
 
+@pytest.mark.parametrize("status", [100, 102, 103, 150, 199])
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 7\r\n", b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n"],
+)
+def test_interim_response_with_body_framing_is_an_error(status, framing):
+    # Response splitting: the "body" would otherwise reach the client as the next response.
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    r = read_response(b"HTTP/1.1 %d Evil\r\n%s\r\n" % (status, framing) + forged)
+    assert kinds(r.events) == [ERROR]
+    assert r.events[0][1].status == 502
+    assert r.events[0][1].reason == f"upstream sent a {status} response with a body"
+
+
+def test_interim_response_without_framing_is_interim():
+    r = read_response(b"HTTP/1.1 150 Odd\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert kinds(r.events) == [INFO, HEAD, END]
+    assert r.events[0][1].status == 150
+
+
+@pytest.mark.parametrize("status", [b"000", b"099", b"600", b"999"])
+def test_status_outside_100_599_is_an_error(status):
+    r = read_response(b"HTTP/1.1 " + status + b" Zero\r\nContent-Length: 0\r\n\r\n")
+    assert kinds(r.events) == [ERROR]
+    assert r.events[0][1].status == 502
+    assert r.events[0][1].reason == f"upstream sent invalid status {status.decode()}"
+
+
 def test_head_response_has_no_body_and_parser_is_reusable():
     r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", head_only=True)
     assert kinds(r.events) == [HEAD, END]

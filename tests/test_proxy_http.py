@@ -36,6 +36,7 @@ from tests.support import (
     request_bytes,
     respond,
     respond_chunked,
+    respond_raw,
     respond_until_close,
     run_curl,
     unresponsive_port,
@@ -634,6 +635,41 @@ def test_origin_closes_before_headers_502(
     conn.close()
     assert resp.status == 502
     assert_one_line_reason(resp)
+    assert_still_serving(proxy, origin)
+
+
+SPLITTING = {
+    "150-content-length": b"HTTP/1.1 150 Evil\r\nContent-Length: %d\r\n\r\n",
+    "150-chunked": b"HTTP/1.1 150 Evil\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n",
+    "103-content-length": b"HTTP/1.1 103 Early Hints\r\nContent-Length: %d\r\n\r\n",
+    "status-000": b"HTTP/1.1 000 Zero\r\nContent-Length: %d\r\n\r\n",
+    "status-099": b"HTTP/1.1 099 Zero\r\nContent-Length: %d\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("head", SPLITTING.values(), ids=SPLITTING.keys())
+def test_interim_response_with_body_cannot_answer_for_anything(
+    proxy: ProxyProcess, origin: OriginServer, head: bytes
+) -> None:
+    # The evil origin hides a complete forged response inside a 1xx "body", then another one
+    # for whatever the client asks next on the same connection (to a different origin).
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    hidden = forged + forged
+    evil = head % len(hidden) + hidden
+    if b"chunked" in head:
+        evil += b"\r\n0\r\n\r\n"
+    origin.route("/evil", respond_raw(evil + forged))
+    with OriginServer() as other:
+        other.route("/next", respond(b"the other origin"))
+        with RawConnection(proxy.port) as conn:
+            conn.send(get(origin.url("/evil")))
+            first = conn.read_response(timeout=10)
+            assert first.status == 502, first.body
+            assert b"forged" not in first.body
+            assert_one_line_reason(first)
+            conn.send(get(other.url("/next")))
+            second = conn.read_response(timeout=10)
+            assert second.status == 200 and second.body == b"the other origin"
     assert_still_serving(proxy, origin)
 
 
