@@ -17,13 +17,13 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from . import process
-from .accesslog import AccessLog
+from .addons.accesslog import AccessLog
+from .addons.chain import HookChain
 from .config import Config
-from .downstream import ProxyFactory
-from .hooks import HookChain
 from .logs import StdoutObserver
-from .session import ProxyContext
-from .upstream import Pool
+from .proxy.downstream import ProxyFactory
+from .proxy.session import ProxyContext
+from .proxy.upstream import Pool
 
 _log = Logger(namespace="interceptor")
 
@@ -143,7 +143,7 @@ class ProxyService(Service):
     def _start_tls(self, hooks: HookChain) -> dict[str, Any]:
         """CA, leaf minter, upstream verification, passthrough and the CA page."""
         from . import tls
-        from .capage import CAPage
+        from .addons.capage import CAPage
 
         cfg = self.config.tls
         self.prepare()
@@ -171,7 +171,7 @@ class ProxyService(Service):
         if self.ca is not None:
             return
         from . import tls
-        from .hooks import AddonError, load_addons
+        from .addons.chain import AddonError, load_addons
 
         try:
             self.addons = load_addons(self.config.hooks.addons)
@@ -189,7 +189,7 @@ class ProxyService(Service):
         self.ca = ca
 
     def _tunnel_connect(self, host: str, port: int, session: Any) -> Any:
-        from .tunnel import connect_tunnel
+        from .proxy.tunnel import connect_tunnel
 
         cfg = self.config
         return connect_tunnel(

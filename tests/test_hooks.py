@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from interceptor.addons.chain import AddonError, HookChain, load_addons
 from interceptor.flow import Flow, Request
-from interceptor.hooks import AddonError, HookChain, load_addons
 from tests.support import OriginServer, ProxyProcess, respond, run_curl
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from interceptor import http1
-from interceptor.http1 import (
+from interceptor.proxy import http1
+from interceptor.proxy.http1 import (
     BODY,
     CHUNKED,
     END,

@@ -10,7 +10,7 @@ from OpenSSL import SSL
 from twisted.internet import error
 from twisted.python.failure import Failure
 
-from interceptor.lifecycle import (
+from interceptor.proxy.lifecycle import (
     TABLE,
     Action,
     Ending,

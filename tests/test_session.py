@@ -14,11 +14,11 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from interceptor.downstream import ClientConnection
-from interceptor.hooks import HookChain
+from interceptor.addons.chain import HookChain
 from interceptor.process import Counters
-from interceptor.session import ProxyContext
-from interceptor.upstream import Pool
+from interceptor.proxy.downstream import ClientConnection
+from interceptor.proxy.session import ProxyContext
+from interceptor.proxy.upstream import Pool
 
 
 class Transport(StringTransport):
@@ -396,7 +396,7 @@ def test_pool_size_zero_closes_at_release():
 
 
 def test_connect_authority_parsing():
-    from interceptor.session import _split_authority
+    from interceptor.proxy.session import _split_authority
 
     assert _split_authority(b"Example.COM:8443", 443) == ("example.com", 8443)
     assert _split_authority(b"[::1]:8443", 443) == ("::1", 8443)

@@ -16,8 +16,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..process import Counters, SocketRegistry
 from .lifecycle import DRAIN_GRACE, Ending, Side, classify
-from .process import Counters, SocketRegistry
 
 
 @implementer(IPushProducer)

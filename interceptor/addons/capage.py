@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from .flow import Flow
+from ..flow import Flow
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>interceptor CA certificate</title></head>

@@ -17,9 +17,10 @@ import httptools
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from ..addons.chain import HookChain
+from ..flow import Flow, Request, Response
+from ..process import Counters
 from . import http1
-from .flow import Flow, Request, Response
-from .hooks import HookChain
 from .http1 import (
     BODY,
     CHUNKED,
@@ -38,7 +39,6 @@ from .http1 import (
     ResponseHead,
 )
 from .lifecycle import Action, Ending, Phase, Side, connect_failure, decide
-from .process import Counters
 from .tunnel import Tunnel
 from .upstream import Key, Pool, UpstreamConnection
 

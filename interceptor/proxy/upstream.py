@@ -18,10 +18,10 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..process import Counters, SocketRegistry
 from .http1 import ResponseReader
 from .leg import BufferSignal, Leg
 from .lifecycle import Ending, Side
-from .process import Counters, SocketRegistry
 
 Key = tuple[str, str, int]  # (scheme, host, port)
 

@@ -16,9 +16,9 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..process import Counters, SocketRegistry
 from .leg import BufferSignal, Leg
 from .lifecycle import Action, Ending, Phase, Side, decide
-from .process import Counters, SocketRegistry
 from .upstream import OneShotFactory
 
 

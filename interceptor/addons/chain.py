@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from .flow import Flow
+from ..flow import Flow
 
 _log = Logger(namespace="interceptor.hooks")
 

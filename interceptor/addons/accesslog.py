@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .flow import Flow
+from ..flow import Flow
 
 _log = Logger(namespace="interceptor.access")
 

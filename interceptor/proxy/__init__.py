@@ -1,0 +1,1 @@
+"""The data path: client bytes -> downstream -> http1 -> session -> exchange -> upstream."""
