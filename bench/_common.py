@@ -16,7 +16,10 @@ What is here:
   direct-versus-proxy summary pieces (:func:`latency_fields`, :func:`print_direct_proxy_table`,
   :func:`goal_verdict`, ...);
 * the command line and the results file: :func:`add_proxy_bench_args`, :func:`check_args`,
-  :func:`load_baseline`, :func:`results_header`, :func:`write_json`.
+  :func:`load_baseline`, :func:`results_header`, :func:`write_json`;
+* ``--compare REV``, another revision's proxy measured in the same run: :func:`compare_arg`
+  (:class:`Revision`), :func:`export_revision`, :func:`round_order`, :func:`compare_line`,
+  :func:`compare_ratios`, :func:`compare_results`.
 
 This file is also the loopback origin server that :func:`start_origin` runs in its own process
 (so its CPU is not counted as the proxy's and it never shares a GIL with the load generator)::
@@ -439,6 +442,15 @@ def start_port_reporter(
     return process, port
 
 
+def tree_env(root: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) with source tree ``root`` first on PYTHONPATH."""
+    child_env = dict(os.environ if env is None else env)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(root), child_env.get("PYTHONPATH", "")) if p
+    )
+    return child_env
+
+
 def default_twistd() -> list[str]:
     """The command that runs ``twistd`` from the same environment as this Python."""
     twistd = Path(sys.executable).with_name("twistd")
@@ -493,13 +505,15 @@ def start_proxy(
     cmd: Sequence[str] | None = None,
     log_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
+    root: Path = REPO_ROOT,
 ) -> subprocess.Popen[bytes]:
     """Start the proxy listening on ``127.0.0.1:port``; return its process at once.
 
     ``config_text`` (if not None) is written to ``workdir/interceptor.toml``. ``cmd`` is a
     command template (default :func:`default_proxy_cmd`) in which ``{port}`` and ``{config}``
-    are replaced. The proxy runs in the repository root with the root first on PYTHONPATH, so
-    the ``interceptor`` package and its twistd plugin are found without being installed. Its
+    are replaced. The proxy runs in the source tree ``root`` (default: this repository; for
+    ``--compare``, an exported revision) with ``root`` first on PYTHONPATH, so that tree's
+    ``interceptor`` package and twistd plugin win over any installed copy. Its
     stdout and stderr go to ``log_path`` (default ``workdir/proxy.log``), never to a pipe that
     could fill up and stall it. Follow with :func:`wait_for_port`; stop with
     :func:`stop_process`.
@@ -512,13 +526,9 @@ def start_proxy(
     args = fill_template(
         cmd if cmd is not None else default_proxy_cmd(), port=port, config=config_path
     )
-    child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p
-    )
     log_path = Path(log_path) if log_path is not None else workdir / "proxy.log"
     with open(log_path, "ab") as log:
-        return spawn(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env)
+        return spawn(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=tree_env(root, env))
 
 
 def start_proxy_on_free_port(
@@ -528,53 +538,78 @@ def start_proxy_on_free_port(
     workdir: Path,
     log_path: Path,
     env: Mapping[str, str] | None = None,
+    root: Path = REPO_ROOT,
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     """:func:`start_proxy` on a free loopback port; returns ``(process, port, description)``.
 
-    The description ("started (pid N): <command>") is what the benchmarks print and record.
+    The description ("started (pid N): <command>", plus "in ROOT" for another tree) is what
+    the benchmarks print and record.
     """
     port = free_port()
-    process = start_proxy(port, config_text, workdir=workdir, cmd=cmd, log_path=log_path, env=env)
+    process = start_proxy(
+        port, config_text, workdir=workdir, cmd=cmd, log_path=log_path, env=env, root=root
+    )
     desc = f"started (pid {process.pid}): " + shlex.join(
         fill_template(cmd, port=port, config=workdir / "interceptor.toml")
     )
+    if root != REPO_ROOT:
+        desc += f" in {root}"
     return process, port, desc
 
 
 def wait_for_proxy(
-    host: str, port: int, timeout: float, process: subprocess.Popen[Any] | None
+    host: str,
+    port: int,
+    timeout: float,
+    process: subprocess.Popen[Any] | None,
+    what: str = "the proxy",
 ) -> float:
     """Wait until the proxy accepts connections; returns the deadline used.
 
-    Raises RuntimeError ("the proxy did not come up: ...") if it does not within ``timeout``
-    seconds or if ``process`` exits first.
+    Raises RuntimeError ("the proxy did not come up: ...", ``what`` naming the proxy) if it
+    does not within ``timeout`` seconds or if ``process`` exits first.
     """
     deadline = time.monotonic() + timeout
     try:
         wait_for_port(host, port, deadline, process=process)
     except (TimeoutError, ProcessExitedError) as e:
-        raise RuntimeError(f"the proxy did not come up: {e}") from e
+        raise RuntimeError(f"{what} did not come up: {e}") from e
     return deadline
 
 
-def report_error(error: BaseException, log_path: Path | None, log_kept: bool) -> None:
-    """Print a failed run's error, and the tail of the proxy's output if there is one."""
+def report_error(
+    error: BaseException,
+    log_path: Path | None,
+    log_kept: bool,
+    more_logs: Sequence[Path] = (),
+) -> None:
+    """Print a failed run's error, and the tail of each proxy's output there is.
+
+    ``more_logs`` are further proxies' logs (the ``--compare`` proxy's) that exist by now.
+    """
     print(f"error: {error}", file=sys.stderr)
-    if log_path is not None:
+    for path in [log_path, *more_logs] if log_path is not None else more_logs:
+        if not path.exists():
+            continue
         kept = "" if log_kept else "; keep it with --proxy-log FILE"
-        print(f"--- proxy output (tail of {log_path}{kept}) ---", file=sys.stderr)
-        print(tail_text(log_path), file=sys.stderr)
+        print(f"--- proxy output (tail of {path}{kept}) ---", file=sys.stderr)
+        print(tail_text(path), file=sys.stderr)
 
 
 def stop_proxy_and_origin(
     proxy: subprocess.Popen[bytes] | None,
     origin: tuple[subprocess.Popen[bytes], int] | None,
+    *more_proxies: subprocess.Popen[bytes] | None,
 ) -> None:
-    """Stop the started proxy (noting a failure status) and then the origin, if any."""
-    if proxy is not None:
-        status = stop_process(proxy)
-        if status is not None and status > 0:
-            print(f"note: the proxy exited with status {status}", file=sys.stderr)
+    """Stop the started proxies (noting a failure status) and then the origin, if any."""
+    for process in (proxy, *more_proxies):
+        if process is not None:
+            status = stop_process(process)
+            if status is not None and status > 0:
+                print(
+                    f"note: the proxy (pid {process.pid}) exited with status {status}",
+                    file=sys.stderr,
+                )
     if origin is not None:
         stop_process(origin[0])
 
@@ -988,12 +1023,19 @@ def print_direct_proxy_table(
     rate_key: str,
     rate_label: str,
     title: str | None = None,
+    compare: Revision | None = None,
+    compare_keys: Sequence[str] = (),
 ) -> None:
     """The direct/proxy results table, with baseline columns when ``base`` (its summary) is set.
 
+    With ``compare`` (``--compare``), ``summary["compare"]`` is that revision's proxy: it gets
+    a column and a tree/rev ratio column, and :func:`compare_line` of ``compare_keys`` follows.
     Under it, with a baseline, a line on how much the direct numbers (the machine) drifted.
     """
-    headers = ["metric", "direct", "proxy", "proxy/direct"]
+    rev = summary.get(COMPARE) if compare is not None else None
+    headers = ["metric", "direct", "proxy" if rev is None else "proxy (tree)", "proxy/direct"]
+    if compare is not None and rev is not None:
+        headers += [f"proxy ({compare.label})", "tree/rev"]
     if base:
         headers += ["baseline proxy", "proxy vs baseline"]
     rows = []
@@ -1007,6 +1049,8 @@ def print_direct_proxy_table(
             fmt_number(p, digits),
             fmt_ratio(p, d) if ratio else None,
         ]
+        if rev is not None:
+            row += [fmt_number(rev.get(key), digits), fmt_ratio(p, rev.get(key))]
         if base:
             b = base.get("proxy", {}).get(key)
             row += [fmt_number(b, digits), fmt_change(p, b)]
@@ -1015,6 +1059,8 @@ def print_direct_proxy_table(
     if title is not None:
         print(title)
     print_table(rows, headers)
+    if compare is not None and rev is not None:
+        print(compare_line(summary, metrics, compare, compare_keys))
     if base:
         bd = base.get("direct", {})
         print(
@@ -1064,7 +1110,7 @@ def add_proxy_bench_args(
     """The options every direct-versus-proxy benchmark has, after its own.
 
     ``--access-log``, ``--startup-timeout``, ``--proxy-log``, ``--json``, ``--baseline``,
-    ``--check`` and the hidden ``--loadgen-worker``.
+    ``--compare``, ``--check`` and the hidden ``--loadgen-worker``.
     """
     parser.add_argument("--access-log", action="store_true", help=access_log_help)
     parser.add_argument(
@@ -1077,6 +1123,14 @@ def add_proxy_bench_args(
         help=f"where to write the results (default: {default_json.relative_to(REPO_ROOT)})",
     )
     parser.add_argument("--baseline", help=baseline_help)
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help=(
+            "also run the proxy of git revision REV (exported to a temporary directory) and "
+            "measure it in the same run, its rounds interleaved with this tree's"
+        ),
+    )
     parser.add_argument("--check", action="store_true", help=check_help)
     parser.add_argument("--loadgen-worker", help=argparse.SUPPRESS)
 
@@ -1133,6 +1187,169 @@ def git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
+
+
+#: The summary and round key of the ``--compare`` revision's proxy ("proxy" is this tree's).
+COMPARE = "compare"
+#: What a tree must have for ``twistd interceptor`` to find the proxy in it.
+PLUGIN_PATH = "twisted/plugins/interceptor_plugin.py"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A git revision given to ``--compare``, resolved to a commit."""
+
+    rev: str  # as given, e.g. "main~3"
+    sha: str
+    short: str
+
+    @property
+    def label(self) -> str:
+        """``main~3 = 06708fa`` (just the short sha when that is what was given)."""
+        return self.short if self.sha.startswith(self.rev) else f"{self.rev} = {self.short}"
+
+    def to_json(self) -> dict[str, str]:
+        """The revision as JSON-ready data."""
+        return {"rev": self.rev, "sha": self.sha, "short": self.short}
+
+
+def _git(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """``git ARGS`` in this repository, output captured (raises OSError, SubprocessError)."""
+    return subprocess.run(
+        ["git", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def resolve_revision(rev: str) -> Revision:
+    """``rev`` resolved in this repository; ValueError (one line naming it) if that fails.
+
+    The commit must have :data:`PLUGIN_PATH`, or there would be no proxy to start from it.
+    """
+    try:
+        # --end-of-options: a REV that starts with "-" is a revision, never an option.
+        done = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+        if done.returncode != 0:
+            raise ValueError(f"--compare {rev}: not a commit in the repository at {REPO_ROOT}")
+        sha = done.stdout.decode().strip()
+        short = _git("rev-parse", "--short", sha).stdout.decode().strip() or sha[:7]
+        if _git("cat-file", "-e", f"{sha}:{PLUGIN_PATH}").returncode != 0:
+            raise ValueError(
+                f"--compare {rev} (= {short}): its tree has no {PLUGIN_PATH}, so no proxy to run"
+            )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValueError(f"--compare {rev}: could not run git: {e}") from None
+    return Revision(rev, sha, short)
+
+
+def compare_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Revision | None:
+    """``--compare`` resolved (None without it); exits 2 with one line if it does not resolve.
+
+    Resolved while parsing, so a bad revision fails before any process is started.
+    """
+    if not args.compare:
+        return None
+    try:
+        return resolve_revision(args.compare)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def export_revision(revision: Revision, dest: Path, timeout: float = 120.0) -> Path:
+    """Write ``revision``'s tree into the new directory ``dest`` (``git archive | tar -x``).
+
+    ``git archive`` rather than ``git worktree add``: it leaves nothing in the repository's
+    metadata, so a run that is killed leaves no stale worktree for others to trip over; the
+    caller puts ``dest`` in its temporary directory, which goes at exit whatever happens.
+    Checks that Python, run as the proxy will be, imports ``interceptor`` from ``dest`` and not
+    from an installed copy; raises RuntimeError if anything fails.
+    """
+    dest.mkdir(parents=True)
+    try:
+        archive = _git("archive", "--format=tar", revision.sha, timeout=timeout)
+        if archive.returncode != 0:
+            raise RuntimeError(archive.stderr.decode("utf-8", "replace").strip())
+        untar = subprocess.run(
+            ["tar", "-x", "-C", str(dest)],
+            input=archive.stdout,
+            capture_output=True,
+            timeout=timeout,
+        )
+        if untar.returncode != 0:
+            raise RuntimeError(untar.stderr.decode("utf-8", "replace").strip())
+        found = subprocess.run(
+            [sys.executable, "-c", "import interceptor; print(interceptor.__file__)"],
+            cwd=dest,
+            env=tree_env(dest),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        raise RuntimeError(f"could not export {revision.label} to {dest}: {e}") from None
+    where = found.stdout.strip()
+    if found.returncode != 0 or not Path(where).resolve().is_relative_to(dest.resolve()):
+        raise RuntimeError(
+            f"the tree of {revision.label} in {dest} does not provide the interceptor package "
+            f"(Python found {where or found.stderr.strip()[-300:]!r})"
+        )
+    return dest
+
+
+def round_order(names: Sequence[str], round_no: int) -> list[str]:
+    """The order of round ``round_no``'s targets: ``names`` as given (direct, proxy, compare).
+
+    Every other round the proxies after the first name swap places, so that a machine getting
+    busier or quieter over the run favours neither proxy.
+    """
+    first, *proxies = names
+    return [first, *(proxies if round_no % 2 else proxies[::-1])]
+
+
+def compare_line(
+    summary: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[Metric],
+    compare: Revision,
+    keys: Sequence[str],
+) -> str:
+    """The key figures of this tree's proxy next to ``compare``'s, with their ratio.
+
+    E.g. ``tree vs main~3 = 06708fa: proxy CPU per request (µs) 120.3 vs 131.0 = 0.92x``.
+    """
+    labels = {key: (label, digits) for label, key, digits, _, _ in metrics}
+    parts = []
+    for key in keys:
+        label, digits = labels[key]
+        p, c = summary["proxy"].get(key), summary[COMPARE].get(key)
+        parts.append(
+            f"{label} {fmt_number(p, digits) or '-'} vs {fmt_number(c, digits) or '-'}"
+            f" = {fmt_ratio(p, c) or '-'}"
+        )
+    return f"tree vs {compare.label}: " + "; ".join(parts)
+
+
+def compare_ratios(
+    summary: Mapping[str, Mapping[str, Any]], keys: Sequence[str]
+) -> dict[str, float | None]:
+    """This tree's proxy over the ``--compare`` revision's, for each of ``keys``."""
+    ratios = {}
+    for key in keys:
+        p, c = summary["proxy"].get(key), summary[COMPARE].get(key)
+        ratios[key] = p / c if p is not None and c else None
+    return ratios
+
+
+def compare_results(compare: Revision, desc: str, ratios: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``compare`` entry of a results file: the revision, its proxy, tree/rev ``ratios``.
+
+    The revision's figures themselves are a summary's ``"compare"`` entry, next to ``"proxy"``
+    (this tree's), so a ``--baseline`` reading only ``"direct"`` and ``"proxy"`` still works.
+    """
+    return {**compare.to_json(), "proxy": desc, "ratios_tree_over_rev": dict(ratios)}
 
 
 def results_header(benchmark: str, **host: object) -> dict[str, Any]:

@@ -17,6 +17,12 @@ Run from the repository root::
     /work/venv/bin/python bench/throughput.py                  # start the proxy with twistd
     /work/venv/bin/python bench/throughput.py --proxy-url http://127.0.0.1:8080 --proxy-pid PID
     /work/venv/bin/python bench/throughput.py --baseline bench/results/old.json
+    /work/venv/bin/python bench/throughput.py --compare main~3     # this tree versus main~3
+
+``--compare REV`` exports revision REV's tree (``git archive``) to the run's temporary directory
+and starts a second proxy from it the same way (same twistd, config and environment, its own
+CA dir); each round then runs direct, this tree's proxy and REV's proxy, so both proxies are
+measured under the same conditions, and the table gains REV's column and tree/rev ratios.
 
 The started proxy inherits the environment, so its settings can be varied without editing
 the generated config, e.g. ``INTERCEPTOR_UPSTREAM_POOL_SIZE=64 python bench/throughput.py``.
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,14 +52,20 @@ from typing import Any
 
 import httptools
 from _common import (
+    COMPARE,
     LOOPBACK,
     REPO_ROOT,
     Metric,
+    Revision,
     access_log_config,
     add_proxy_bench_args,
     check_args,
+    compare_arg,
+    compare_ratios,
+    compare_results,
     default_proxy_cmd,
     error_fields,
+    export_revision,
     goal_verdict,
     http_request,
     latency_fields,
@@ -72,6 +85,7 @@ from _common import (
     request_until_up,
     require_loopback,
     results_header,
+    round_order,
     self_command,
     start_origin,
     start_proxy_on_free_port,
@@ -336,6 +350,7 @@ class Target:
     host: str
     port: int
     request: bytes
+    pid: int | None = None  # the proxy's, to measure its CPU time; None: direct or unknown
 
 
 @dataclass
@@ -370,15 +385,14 @@ def run_round(
     args: argparse.Namespace,
     workdir: Path,
     origin: tuple[subprocess.Popen[bytes], int],
-    proxy_pid: int | None,
     duration: float,
 ) -> RoundResult:
     """Run one load-generator process against ``target`` and collect its numbers."""
     origin_process, origin_port = origin
     latency_path = workdir / f"latencies-{mode}-{round_no}.bin"
     pids = {"origin": origin_process.pid}
-    if mode == "proxy" and proxy_pid is not None:
-        pids["proxy"] = proxy_pid
+    if target.pid is not None:
+        pids["proxy"] = target.pid
     spec = LoadSpec(
         host=target.host,
         port=target.port,
@@ -467,6 +481,10 @@ _METRICS: list[Metric] = [
     ("requests completed", "requests", 0, True, False),
     ("errors", "error_count", 0, False, False),
 ]
+
+
+#: The key figures compared between this tree's proxy and the ``--compare`` revision's.
+COMPARE_KEYS = ("cpu_us_per_request", "rps")
 
 
 def goal_line(proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
@@ -559,8 +577,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--proxy-url and --proxy-cmd exclude each other",
             ),
             (args.proxy_pid is None or args.proxy_url, "--proxy-pid goes with --proxy-url"),
+            (
+                not (args.proxy_url and args.compare),
+                "--compare starts both proxies itself, so it excludes --proxy-url",
+            ),
         ],
     )
+    args.compare_rev = compare_arg(parser, args)
     if args.proxy_url:
         url = urllib.parse.urlsplit(args.proxy_url)
         if url.scheme != "http" or not url.hostname or not url.port:
@@ -574,22 +597,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def start_tree_proxy(
+    args: argparse.Namespace, workdir: Path, log_path: Path, root: Path = REPO_ROOT
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start the proxy of source tree ``root``, its config and CA in ``workdir``.
+
+    Returns ``(process, port, description)``; every proxy of a run is started this way.
+    """
+    cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
+    # Its own CA dir and no admin listener: a run must not depend on ~/.interceptor or on port
+    # 8081 being free. Settings from the environment still apply.
+    env = dict(os.environ)
+    env.setdefault("INTERCEPTOR_TLS_CA_DIR", str(workdir / "ca"))
+    env.setdefault("INTERCEPTOR_ADMIN_LISTEN", "")
+    return start_proxy_on_free_port(
+        cmd,
+        access_log_config(args.access_log),
+        workdir=workdir,
+        log_path=log_path,
+        env=env,
+        root=root,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     args = parse_args(argv)
     if args.loadgen_worker:
         loadgen_worker_main(args.loadgen_worker)
         return 0
+    rev: Revision | None = args.compare_rev
+    modes = (*MODES, COMPARE) if rev is not None else MODES
+    # SIGTERM stops the run like Ctrl-C does: children stopped, the exported tree removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     baseline = load_baseline(
         args.baseline, {key: getattr(args, key) for key in ("clients", "size", "duration")}
     )
     proxy: subprocess.Popen[bytes] | None = None
+    compare_proxy: subprocess.Popen[bytes] | None = None
+    compare_desc = ""
     origin: tuple[subprocess.Popen[bytes], int] | None = None
     log_path: Path | None = None
+    compare_logs: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         workdir = Path(tmp)
         try:
+            if rev is not None:
+                tree = export_revision(rev, workdir / f"tree-{rev.short}")
+                print(f"compare: {rev.label} ({rev.sha}) exported to {tree}")
             origin = start_origin(args.size)
             origin_port = origin[1]
             print(f"origin: 127.0.0.1:{origin_port} (pid {origin[0].pid}), {args.size}-byte body")
@@ -604,23 +660,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 proxy_host = LOOPBACK
-                cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
                 log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-                # Its own CA dir and no admin listener: a run must not depend on ~/.interceptor
-                # or on port 8081 being free. Settings from the environment still apply.
-                env = dict(os.environ)
-                env.setdefault("INTERCEPTOR_TLS_CA_DIR", str(workdir / "ca"))
-                env.setdefault("INTERCEPTOR_ADMIN_LISTEN", "")
-                proxy, proxy_port, proxy_desc = start_proxy_on_free_port(
-                    cmd,
-                    access_log_config(args.access_log),
-                    workdir=workdir,
-                    log_path=log_path,
-                    env=env,
-                )
+                proxy, proxy_port, proxy_desc = start_tree_proxy(args, workdir, log_path)
                 proxy_pid = proxy.pid
-            print(f"proxy: {proxy_desc}")
+            print(f"proxy{' (tree)' if rev else ''}: {proxy_desc}")
             deadline = wait_for_proxy(proxy_host, proxy_port, args.startup_timeout, proxy)
+
+            def proxy_request(port: int) -> bytes:
+                return (
+                    f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                ).encode()
 
             targets = {
                 "direct": Target(
@@ -628,44 +677,55 @@ def main(argv: list[str] | None = None) -> int:
                     origin_port,
                     f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode(),
                 ),
-                "proxy": Target(
-                    proxy_host,
-                    proxy_port,
-                    (
-                        f"GET http://127.0.0.1:{origin_port}/x HTTP/1.1\r\n"
-                        f"Host: 127.0.0.1:{origin_port}\r\n\r\n"
-                    ).encode(),
-                ),
+                "proxy": Target(proxy_host, proxy_port, proxy_request(origin_port), proxy_pid),
             }
             warm_up_check(targets["direct"], args.size, time.monotonic() + 5, "origin")
             warm_up_check(targets["proxy"], args.size, deadline, "proxy")
+            if rev is not None:
+                # Both proxies run for the whole run, started one after the other (no race on
+                # start-up): each then has the same history when measured (warm-up, pools,
+                # age), and the idle one waits in epoll, costing nothing. Rounds are
+                # sequential, so only one is ever under load.
+                compare_dir = workdir / COMPARE
+                compare_logs.append(
+                    Path(f"{args.proxy_log}.{rev.short}")
+                    if args.proxy_log
+                    else compare_dir / "proxy.log"
+                )
+                compare_dir.mkdir()
+                compare_proxy, compare_port, compare_desc = start_tree_proxy(
+                    args, compare_dir, compare_logs[0], root=tree
+                )
+                print(f"proxy ({rev.label}): {compare_desc}")
+                compare_deadline = wait_for_proxy(
+                    LOOPBACK,
+                    compare_port,
+                    args.startup_timeout,
+                    compare_proxy,
+                    f"the {rev.label} proxy",
+                )
+                targets[COMPARE] = Target(
+                    LOOPBACK, compare_port, proxy_request(origin_port), compare_proxy.pid
+                )
+                warm_up_check(targets[COMPARE], args.size, compare_deadline, f"{rev.label} proxy")
 
             print(
                 f"load: {args.clients} keep-alive clients, {args.duration:g} s per round, "
                 f"{args.rounds} round(s) of each mode, on {os.cpu_count()} CPUs"
             )
             if args.warmup > 0:
-                for mode in MODES:
-                    w = run_round(
-                        mode, 0, targets[mode], args, workdir, origin, proxy_pid, args.warmup
-                    )
+                for mode in modes:
+                    w = run_round(mode, 0, targets[mode], args, workdir, origin, args.warmup)
                     print(
-                        f"warm-up {mode:>6}: {w.rps:9,.0f} req/s, origin accepts "
+                        f"warm-up {mode:>7}: {w.rps:9,.0f} req/s, origin accepts "
                         f"{w.origin_accepts}, errors {sum(w.errors.values())}"
                     )
 
             rounds: list[RoundResult] = []
             for round_no in range(1, args.rounds + 1):
-                for mode in MODES:
+                for mode in round_order(modes, round_no):
                     r = run_round(
-                        mode,
-                        round_no,
-                        targets[mode],
-                        args,
-                        workdir,
-                        origin,
-                        proxy_pid,
-                        args.duration,
+                        mode, round_no, targets[mode], args, workdir, origin, args.duration
                     )
                     rounds.append(r)
                     cpu = (
@@ -675,24 +735,28 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     errors = sum(r.errors.values())
                     print(
-                        f"round {round_no}/{args.rounds} {mode:>6}: {r.rps:9,.0f} req/s, "
+                        f"round {round_no}/{args.rounds} {mode:>7}: {r.rps:9,.0f} req/s, "
                         f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms{cpu}, "
                         f"origin accepts {r.origin_accepts}, errors {errors}"
                         + (f" {r.errors}" if errors else "")
                         + (f", reconnects {r.reconnects}" if r.reconnects else "")
                     )
-                    if proxy is not None and proxy.poll() is not None:
-                        raise RuntimeError(f"the proxy exited with status {proxy.returncode}")
+                    for process in (proxy, compare_proxy):
+                        if process is not None and process.poll() is not None:
+                            raise RuntimeError(
+                                f"the proxy (pid {process.pid}) exited with status "
+                                f"{process.returncode}"
+                            )
         except (RuntimeError, OSError, ValueError) as e:
-            report_error(e, log_path, bool(args.proxy_log))
+            report_error(e, log_path, bool(args.proxy_log), compare_logs)
             return 2
         except KeyboardInterrupt:
-            print("interrupted; stopping the proxy and the origin", file=sys.stderr)
+            print("interrupted; stopping the proxies and the origin", file=sys.stderr)
             return 130
         finally:
-            stop_proxy_and_origin(proxy, origin)
+            stop_proxy_and_origin(proxy, origin, compare_proxy)
 
-    summary = {mode: summarize([r for r in rounds if r.mode == mode]) for mode in MODES}
+    summary = {mode: summarize([r for r in rounds if r.mode == mode]) for mode in modes}
     print_direct_proxy_table(
         summary,
         _METRICS,
@@ -700,13 +764,17 @@ def main(argv: list[str] | None = None) -> int:
         args.baseline,
         rate_key="rps",
         rate_label="requests/s",
+        compare=rev,
+        compare_keys=COMPARE_KEYS,
     )
     text, met = goal_line(summary["proxy"])
     print(text)
-    if summary["proxy"]["error_count"]:
-        print(
-            f"warning: {summary['proxy']['error_count']} proxy errors: {summary['proxy']['errors']}"
-        )
+    for mode in modes[1:]:
+        if summary[mode]["error_count"]:
+            which = "proxy" if mode == "proxy" or rev is None else f"{rev.label} proxy"
+            print(
+                f"warning: {summary[mode]['error_count']} {which} errors: {summary[mode]['errors']}"
+            )
 
     ratios = {
         "rps": summary["proxy"]["rps"] / summary["direct"]["rps"]
@@ -730,10 +798,16 @@ def main(argv: list[str] | None = None) -> int:
             "max_requests": args.max_requests,
             "access_log": args.access_log,
             "proxy": proxy_desc,
+            "compare": args.compare,
         },
         "rounds": [r.to_json() for r in rounds],
         "summary": summary,
         "ratios_proxy_over_direct": ratios,
+        **(
+            {"compare": compare_results(rev, compare_desc, compare_ratios(summary, COMPARE_KEYS))}
+            if rev is not None
+            else {}
+        ),
         "goal": {
             "cpu_us_per_request_max": GOAL_CPU_US_PER_REQUEST,
             "measured": summary["proxy"]["cpu_us_per_request"],

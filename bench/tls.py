@@ -55,6 +55,12 @@ Run from the repository root::
     /work/venv/bin/python bench/tls.py                       # both measurements, 2 rounds each
     /work/venv/bin/python bench/tls.py --mode newconn --procs 2 --duration 10
     /work/venv/bin/python bench/tls.py --baseline bench/results/old-tls.json
+    /work/venv/bin/python bench/tls.py --mode keepalive --compare main~3   # tree versus main~3
+
+``--compare REV`` (any mode) exports revision REV's tree (``git archive``) to the temporary
+directory and starts a second proxy from it the same way (its own CA and config); each round
+then runs direct, this tree's proxy and REV's proxy, and the tables gain REV's column and
+tree/rev ratios.
 
 Not a test: pytest never runs it. Loopback only; every loop is bounded in time and count, and
 child processes are stopped on exit (and sent SIGTERM by the kernel if this driver dies).
@@ -82,17 +88,23 @@ from typing import Any
 
 import httptools
 from _common import (
+    COMPARE,
     LOOPBACK,
     REPO_ROOT,
     ChildLines,
     Metric,
+    Revision,
     TunnelRefusedError,
     access_log_config,
     add_proxy_bench_args,
     check_args,
+    compare_arg,
+    compare_ratios,
+    compare_results,
     connect_request,
     default_proxy_cmd,
     error_fields,
+    export_revision,
     fill_template,
     goal_verdict,
     https_request,
@@ -116,6 +128,7 @@ from _common import (
     request_until_up,
     require_loopback,
     results_header,
+    round_order,
     self_command,
     spawn,
     start_origin,
@@ -542,11 +555,12 @@ def loadgen_worker_main(spec_json: str) -> None:
 class Target:
     """Where one kind of round sends its load."""
 
-    name: str  # "direct" or "proxy"
+    name: str  # "direct", "proxy" (this tree's) or "compare" (the --compare revision's)
     host: str
     port: int
     tunnel: str | None
     cafile: str
+    proxy_pid: int | None = None  # whose CPU, memory and fds the rounds measure
 
 
 @dataclass
@@ -650,7 +664,6 @@ class Bench:
     origin_pid: int
     origin_port: int
     origin_root: Path
-    proxy_pid: int | None
     targets: dict[str, Target]
 
 
@@ -687,7 +700,7 @@ def run_round(
         )
         for i in range(procs)
     ]
-    proxy_pid = bench.proxy_pid if target.name == "proxy" else None
+    proxy_pid = target.proxy_pid
     before = _origin_stats(bench)
     workers: list[_Worker] = []
     try:
@@ -767,7 +780,7 @@ def run_round(
 def _round_line(r: RoundResult) -> str:
     """One progress line for a finished round."""
     unit = "req/s" if r.measure == "keepalive" else "conn/s"
-    text = f"{r.measure:>9} {r.target:>6}: {r.rate:9,.0f} {unit}, p50 {r.p50_ms:.2f} ms, "
+    text = f"{r.measure:>9} {r.target:>7}: {r.rate:9,.0f} {unit}, p50 {r.p50_ms:.2f} ms, "
     text += f"p99 {r.p99_ms:.2f} ms"
     if r.setup_p50_ms is not None and not math.isnan(r.setup_p50_ms):
         text += f" (setup p50 {r.setup_p50_ms:.2f} ms)"
@@ -999,7 +1012,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             *load_arg_checks(args),
         ],
     )
+    args.compare_rev = compare_arg(parser, args)
     return args
+
+
+#: The key figures compared between this tree's proxy and the ``--compare`` revision's.
+COMPARE_KEYS = {
+    "keepalive": ("proxy_cpu_us_per_request", "rate"),
+    "newconn": ("proxy_cpu_ms_per_request", "rate"),
+}
+
+
+#: The proxy settings :func:`start_tree_proxy` sets whatever the environment says; the others
+#: are inherited, and printed as such.
+_FORCED = (
+    "INTERCEPTOR_TLS_CA_DIR",
+    "INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE",
+    "INTERCEPTOR_ADMIN_LISTEN",
+    "INTERCEPTOR_UPSTREAM_HOSTS",
+)
+
+
+def start_tree_proxy(
+    args: argparse.Namespace,
+    workdir: Path,
+    origin_root: Path,
+    log_path: Path,
+    root: Path = REPO_ROOT,
+) -> tuple[subprocess.Popen[bytes], int, str, Path]:
+    """Start the proxy of source tree ``root``, its config and CA in ``workdir``.
+
+    Returns ``(process, port, description, CA dir)``; every proxy of a run is started this way.
+    """
+    ca_dir = workdir / "proxy-ca"
+    template = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
+    cmd = fill_template(template, ca_dir=ca_dir, upstream_ca=origin_root)
+    forced = {
+        "INTERCEPTOR_TLS_CA_DIR": str(ca_dir),
+        "INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE": str(origin_root),
+        "INTERCEPTOR_ADMIN_LISTEN": "",
+        "INTERCEPTOR_UPSTREAM_HOSTS": f"{SERVER_NAME}=127.0.0.1",
+    }
+    assert forced.keys() == set(_FORCED)
+    env = {**os.environ, **forced}
+    process, port, desc = start_proxy_on_free_port(
+        cmd,
+        access_log_config(args.access_log),
+        workdir=workdir,
+        log_path=log_path,
+        env=env,
+        root=root,
+    )
+    return process, port, desc, ca_dir
+
+
+def start_checked_proxy(
+    bench_args: argparse.Namespace,
+    name: str,
+    label: str,
+    workdir: Path,
+    origin_root: Path,
+    origin_port: int,
+    log_path: Path,
+    root: Path = REPO_ROOT,
+) -> tuple[subprocess.Popen[bytes], Target, str]:
+    """:func:`start_tree_proxy`, then wait until one request through it is answered right.
+
+    Returns ``(process, target, description)``; ``name`` is the target's, ``label`` what
+    the proxy is called in the output ("proxy", "proxy (tree)").
+    """
+    proxy, port, desc, ca_dir = start_tree_proxy(bench_args, workdir, origin_root, log_path, root)
+    try:
+        print(f"{label}: {desc}")
+        deadline = wait_for_proxy(LOOPBACK, port, bench_args.startup_timeout, proxy, f"the {label}")
+        ca_pem = ca_dir / "ca.pem"
+        if not ca_pem.exists():
+            raise RuntimeError(f"the {label} is up but {ca_pem} does not exist")
+        authority = f"{SERVER_NAME}:{origin_port}"
+        target = Target(name, LOOPBACK, port, authority, str(ca_pem), proxy.pid)
+        check_target(target, origin_port, bench_args.size, deadline)
+    except BaseException:
+        # The caller never gets the process to stop (Ctrl-C included), so stop it here.
+        stop_process(proxy)
+        raise
+    return proxy, target, desc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1009,6 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_worker_main(args.loadgen_worker)
         return 0
     measures = MEASURES if args.mode == "both" else (args.mode,)
+    rev: Revision | None = args.compare_rev
+    names = (*TARGETS, COMPARE) if rev is not None else TARGETS
     # SIGTERM stops the run like Ctrl-C does: children stopped in order, temp files removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
@@ -1018,12 +1116,21 @@ def main(argv: list[str] | None = None) -> int:
         benchmark="tls",
     )
     proxy: subprocess.Popen[bytes] | None = None
+    compare_proxy: subprocess.Popen[bytes] | None = None
+    compare_desc = ""
     origin: tuple[subprocess.Popen[bytes], int] | None = None
     log_path: Path | None = None
+    compare_logs: list[Path] = []
     rounds: list[RoundResult] = []
+    inherited = {
+        k: v for k, v in os.environ.items() if k.startswith("INTERCEPTOR_") and k not in _FORCED
+    }
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         workdir = Path(tmp)
         try:
+            if rev is not None:
+                tree = export_revision(rev, workdir / f"tree-{rev.short}")
+                print(f"compare: {rev.label} ({rev.sha}) exported to {tree}")
             root_path, leaf_path, key_path = make_origin_certs(workdir / "origin-certs")
             origin = start_origin(args.size, tls_cert=leaf_path, tls_key=key_path)
             origin_process, origin_port = origin
@@ -1032,46 +1139,49 @@ def main(argv: list[str] | None = None) -> int:
                 f"(pid {origin_process.pid}), {args.size}-byte body"
             )
 
-            ca_dir = workdir / "proxy-ca"
-            template = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
-            cmd = fill_template(template, ca_dir=ca_dir, upstream_ca=root_path)
-            forced = {
-                "INTERCEPTOR_TLS_CA_DIR": str(ca_dir),
-                "INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE": str(root_path),
-                "INTERCEPTOR_ADMIN_LISTEN": "",
-                "INTERCEPTOR_UPSTREAM_HOSTS": f"{SERVER_NAME}=127.0.0.1",
-            }
-            inherited = {
-                k: v
-                for k, v in os.environ.items()
-                if k.startswith("INTERCEPTOR_") and k not in forced
-            }
-            env = {**os.environ, **forced}
             log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-            proxy, proxy_port, proxy_desc = start_proxy_on_free_port(
-                cmd, access_log_config(args.access_log), workdir=workdir, log_path=log_path, env=env
+            proxy, proxy_target, proxy_desc = start_checked_proxy(
+                args,
+                "proxy",
+                "proxy (tree)" if rev is not None else "proxy",
+                workdir,
+                root_path,
+                origin_port,
+                log_path,
             )
-            print(f"proxy: {proxy_desc}")
             if inherited:
                 print(
                     "proxy settings from the environment: "
                     + shlex.join(f"{k}={v}" for k, v in sorted(inherited.items()))
                 )
-            deadline = wait_for_proxy(LOOPBACK, proxy_port, args.startup_timeout, proxy)
-            ca_pem = ca_dir / "ca.pem"
-            if not ca_pem.exists():
-                raise RuntimeError(f"the proxy is up but {ca_pem} does not exist")
-
-            authority = f"{SERVER_NAME}:{origin_port}"
             targets = {
                 "direct": Target("direct", LOOPBACK, origin_port, None, str(root_path)),
-                "proxy": Target("proxy", LOOPBACK, proxy_port, authority, str(ca_pem)),
+                "proxy": proxy_target,
             }
             check_target(targets["direct"], origin_port, args.size, time.monotonic() + 5)
-            check_target(targets["proxy"], origin_port, args.size, deadline)
-            bench = Bench(
-                args, workdir, origin_process.pid, origin_port, root_path, proxy.pid, targets
-            )
+            if rev is not None:
+                # Both proxies run for the whole run, started one after the other (no race on
+                # start-up): each then has the same history when measured (warm-up, pools,
+                # age), and the idle one waits in epoll, costing nothing. Rounds are
+                # sequential, so only one is ever under load.
+                compare_dir = workdir / COMPARE
+                compare_dir.mkdir()
+                compare_logs.append(
+                    Path(f"{args.proxy_log}.{rev.short}")
+                    if args.proxy_log
+                    else compare_dir / "proxy.log"
+                )
+                compare_proxy, targets[COMPARE], compare_desc = start_checked_proxy(
+                    args,
+                    COMPARE,
+                    f"proxy ({rev.label})",
+                    compare_dir,
+                    root_path,
+                    origin_port,
+                    compare_logs[0],
+                    root=tree,
+                )
+            bench = Bench(args, workdir, origin_process.pid, origin_port, root_path, targets)
             print(
                 f"load: {args.clients} clients in {min(args.procs, args.clients)} load "
                 f"process(es), {args.duration:g} s per round, {args.rounds} round(s) of each "
@@ -1080,24 +1190,28 @@ def main(argv: list[str] | None = None) -> int:
 
             for measure in measures:
                 if args.warmup > 0:
-                    for name in TARGETS:
+                    for name in names:
                         w = run_round(bench, measure, targets[name], 0, args.warmup)
                         print("warm-up   " + _round_line(w))
                 for round_no in range(1, args.rounds + 1):
-                    for name in TARGETS:
+                    for name in round_order(names, round_no):
                         r = run_round(bench, measure, targets[name], round_no, args.duration)
                         rounds.append(r)
                         print(f"round {round_no}/{args.rounds} " + _round_line(r))
-                        if proxy.poll() is not None:
-                            raise RuntimeError(f"the proxy exited with status {proxy.returncode}")
+                        for process in (proxy, compare_proxy):
+                            if process is not None and process.poll() is not None:
+                                raise RuntimeError(
+                                    f"the proxy (pid {process.pid}) exited with status "
+                                    f"{process.returncode}"
+                                )
         except (RuntimeError, OSError, ValueError, TunnelRefusedError) as e:
-            report_error(e, log_path, bool(args.proxy_log))
+            report_error(e, log_path, bool(args.proxy_log), compare_logs)
             return 2
         except KeyboardInterrupt:
-            print("interrupted; stopping the proxy and the origin", file=sys.stderr)
+            print("interrupted; stopping the proxies and the origin", file=sys.stderr)
             return 130
         finally:
-            stop_proxy_and_origin(proxy, origin)
+            stop_proxy_and_origin(proxy, origin, compare_proxy)
 
     summary: dict[str, dict[str, Any]] = {}
     goals: dict[str, Any] = {}
@@ -1106,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
     for measure in measures:
         summary[measure] = {
             name: summarize([r for r in rounds if r.measure == measure and r.target == name])
-            for name in TARGETS
+            for name in names
         }
         print_direct_proxy_table(
             summary[measure],
@@ -1116,15 +1230,20 @@ def main(argv: list[str] | None = None) -> int:
             rate_key="rate",
             rate_label="rate",
             title=f"{measure}: {_TITLES[measure]}",
+            compare=rev,
+            compare_keys=COMPARE_KEYS[measure],
         )
         text, met = goal_line(measure, summary[measure]["proxy"])
         print(text)
         note = bottleneck_note(measure, summary[measure])
         if note:
             print(note)
+        for name in names[1:]:
+            figures = summary[measure][name]
+            if figures["error_count"]:
+                which = "proxy" if name == "proxy" or rev is None else f"{rev.label} proxy"
+                print(f"warning: {figures['error_count']} {which} errors: {figures['errors']}")
         proxy_s = summary[measure]["proxy"]
-        if proxy_s["error_count"]:
-            print(f"warning: {proxy_s['error_count']} proxy errors: {proxy_s['errors']}")
         any_unmet = any_unmet or met is False
         goals[measure] = {
             "unit": "µs per request" if measure == "keepalive" else "ms per connection",
@@ -1153,10 +1272,22 @@ def main(argv: list[str] | None = None) -> int:
             "access_log": args.access_log,
             "proxy": proxy_desc,
             "proxy_env": inherited,
+            "compare": args.compare,
         },
         "rounds": [r.to_json() for r in rounds],
         "summary": summary,
         "ratios_proxy_over_direct": ratios,
+        **(
+            {
+                "compare": compare_results(
+                    rev,
+                    compare_desc,
+                    {m: compare_ratios(summary[m], COMPARE_KEYS[m]) for m in measures},
+                )
+            }
+            if rev is not None
+            else {}
+        ),
         "goals": goals,
     }
     print(f"results: {write_json(args.json, results)}")
