@@ -28,6 +28,8 @@ from datetime import date, datetime, time
 
 from twisted.internet.endpoints import serverFromString
 
+from .text import one_line
+
 __all__ = [
     "DEFAULT_CONFIG_ENV",
     "AdminConfig",
@@ -49,14 +51,6 @@ _ENV_PREFIX = "INTERCEPTOR_"
 _SOURCE_ENV = "environment"
 _SOURCE_CLI = "command line"
 
-_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
-
-
-def _one_line(text: str) -> str:
-    # tomllib and Twisted messages may span lines; a config error must stay one log line.
-    return _NEWLINES.sub(" ", text).strip()
-
-
 class ConfigError(Exception):
     """A configuration value that cannot be used.
 
@@ -66,7 +60,8 @@ class ConfigError(Exception):
     """
 
     def __init__(self, source: str, key: str, problem: str) -> None:
-        source, key, problem = _one_line(source), _one_line(key), _one_line(problem)
+        # tomllib and Twisted messages may span lines; a config error must stay one log line.
+        source, key, problem = one_line(source), one_line(key), one_line(problem)
         # Passing all three keeps the exception picklable (it is re-created from args).
         super().__init__(source, key, problem)
         self.source = source

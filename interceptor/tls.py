@@ -56,6 +56,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .text import one_line
+
 __all__ = [
     "CertificateAuthority",
     "InterceptContextFactory",
@@ -862,9 +864,13 @@ class UpstreamTLS:
 # Failure descriptions
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# Long enough for any OpenSSL reason plus a few certificate names; a 502 body and a log line
+# should not carry an unbounded error string.
+_DESCRIPTION_LIMIT = 300
+
+
+def _one_line(text: str) -> str:
+    return one_line(text, _DESCRIPTION_LIMIT)
 
 
 def _openssl_reasons(error: SSL.Error) -> str:
