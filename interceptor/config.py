@@ -16,7 +16,6 @@ Nothing here touches the reactor, and the only I/O is reading the one configurat
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import os
 import re
@@ -25,9 +24,11 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from typing import cast
 
 from twisted.internet.endpoints import serverFromString
 
+from .hosts import check_pattern, is_host_name
 from .text import one_line
 
 __all__ = [
@@ -50,6 +51,7 @@ DEFAULT_CONFIG_ENV = "INTERCEPTOR_CONFIG"
 _ENV_PREFIX = "INTERCEPTOR_"
 _SOURCE_ENV = "environment"
 _SOURCE_CLI = "command line"
+
 
 class ConfigError(Exception):
     """A configuration value that cannot be used.
@@ -317,15 +319,12 @@ def _env_strs(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-_HOST_NAME = re.compile(r"[a-z0-9_.-]+")
-
-
 def _coerce_hosts(value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise _Invalid(f"expected a table of name = address, got {_type_name(value)}")
     hosts: dict[str, str] = {}
     for name, address in value.items():
-        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name.lower()):
+        if not isinstance(name, str) or not is_host_name(name):
             raise _Invalid(f"not a host name: {name!r}")
         if not isinstance(address, str):
             raise _Invalid(f"address for {name!r}: expected a string, got {_type_name(address)}")
@@ -419,13 +418,9 @@ def _non_empty(value: object) -> object:
     return value
 
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
-
-
 def _hostname(value: object) -> object:
     name = str(value).lower()
-    if not _HOSTNAME.fullmatch(name):
+    if not is_host_name(name):
         raise _Invalid(f"must be a host name, got {value!r}")
     return name
 
@@ -471,9 +466,6 @@ def _endpoints(*, required: bool) -> _Check:
     return check
 
 
-_GLOB = re.compile(r"[A-Za-z0-9.*-]+")
-
-
 _ADDON_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -486,26 +478,12 @@ def _addon_refs(value: object) -> object:
 
 
 def _passthrough(value: object) -> object:
-    patterns: tuple[str, ...] = value  # type: ignore[assignment]
+    patterns = cast("tuple[str, ...]", value)  # _STRS.coerce has run
     for pattern in patterns:
-        if not pattern:
-            raise _Invalid("empty pattern")
-        if "/" in pattern:
-            try:
-                ipaddress.ip_network(pattern, strict=False)
-            except ValueError as error:
-                raise _Invalid(f"not a valid IP network {pattern!r}: {error}") from None
-            continue
         try:
-            ipaddress.ip_address(pattern)
-            continue
-        except ValueError:
-            pass
-        if not _GLOB.fullmatch(pattern):
-            raise _Invalid(
-                f"not a host pattern, IP address or CIDR network: {pattern!r} "
-                "(patterns may contain only letters, digits, '.', '-' and '*')"
-            )
+            check_pattern(pattern)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
     return patterns
 
 

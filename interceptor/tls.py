@@ -19,11 +19,8 @@ happens here.
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import functools
-import ipaddress
 import os
-import re
 import socket
 import time
 from collections import OrderedDict
@@ -56,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .hosts import normalize_host, parse_ip
 from .text import one_line
 
 __all__ = [
@@ -67,8 +65,6 @@ __all__ = [
     "UpstreamNameMismatch",
     "UpstreamTLS",
     "describe_tls_failure",
-    "host_matches",
-    "is_ip_literal",
 ]
 
 _log = Logger()
@@ -86,8 +82,6 @@ _HTTP11 = b"http/1.1"
 # carry an EC key, so only ECDSA-authenticated suites are usable anyway.
 _SERVER_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!MD5"
 
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-
 
 class TLSSetupError(Exception):
     """A TLS configuration problem found at start-up.
@@ -96,100 +90,6 @@ class TLSSetupError(Exception):
     ``/x/ca.key: private key does not match certificate /x/ca.pem``, fit for printing as the
     reason ``twistd`` refuses to start.
     """
-
-
-# --------------------------------------------------------------------------------------------
-# Host names
-
-
-def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address for an IP literal (brackets and IPv6 zone ids tolerated), else None."""
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    # A zone id ("fe80::1%eth0") is meaningless to a peer and cannot go into a certificate.
-    text = text.split("%", 1)[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def is_ip_literal(host: str) -> bool:
-    """True if *host* is an IPv4 or IPv6 address literal (``[::1]`` included)."""
-    return _parse_ip(host) is not None
-
-
-def _normalize_host(host: str) -> str:
-    """Canonical, lower-case form of a host for certificates and cache keys.
-
-    IP literals become their compressed text form; names are lower-cased, lose one trailing
-    dot, and are IDNA-encoded if they are not ASCII.
-
-    :raises ValueError: if *host* cannot be put into a certificate.
-    """
-    ip = _parse_ip(host)
-    if ip is not None:
-        return ip.compressed
-    name = host.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"not a valid host name: {host!r}") from None
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise ValueError(f"not a valid host name: {host!r}")
-    return name
-
-
-@functools.lru_cache(maxsize=1024)
-def _compile_pattern(
-    pattern: str,
-) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str | None:
-    """A passthrough pattern as a network (CIDR / IP literal) or a lower-case glob."""
-    text = pattern.strip()
-    if not text:
-        return None
-    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    try:
-        return ipaddress.ip_network(bare, strict=False)
-    except ValueError:
-        pass
-    text = text.lower()
-    return text[:-1] if text.endswith(".") else text
-
-
-def host_matches(host: str, patterns: Sequence[str]) -> bool:
-    """True if *host* matches any of *patterns* (used for TLS passthrough).
-
-    * Names are matched case-insensitively with :mod:`fnmatch` globs: ``*.bank.example``
-      matches ``a.bank.example`` and ``x.y.bank.example`` but not ``bank.example``; a plain
-      name matches only itself.
-    * CIDR networks (``10.0.0.0/8``, ``fd00::/8``) and IP literals match IP hosts by address.
-      IP hosts are also matched against glob patterns by their text form, so ``*`` and
-      ``10.0.0.*`` work as expected.
-
-    Patterns that name a port are not supported; compare hosts only.
-    """
-    ip = _parse_ip(host)
-    if ip is not None:
-        text = ip.compressed
-    else:
-        text = host.strip().lower()
-        if text.endswith("."):
-            text = text[:-1]
-    for pattern in patterns:
-        compiled = _compile_pattern(pattern)
-        if compiled is None:
-            continue
-        if isinstance(compiled, str):
-            if fnmatch.fnmatchcase(text, compiled):
-                return True
-        elif ip is not None and ip.version == compiled.version and ip in compiled:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +388,7 @@ class LeafMinter:
     # Internals used by InterceptContextFactory as well.
 
     def _leaf(self, host: str) -> _Leaf:
-        key = _normalize_host(host)
+        key = normalize_host(host)
         leaf = self._cache.get(key)
         if leaf is not None and leaf.expires > self._now():
             self.hits += 1
@@ -503,7 +403,7 @@ class LeafMinter:
         return leaf
 
     def _mint(self, host: str) -> _Leaf:
-        ip = _parse_ip(host)
+        ip = parse_ip(host)
         san: x509.GeneralName = x509.IPAddress(ip) if ip is not None else x509.DNSName(host)
         now = _utc(self._now)
         start = now - _BACKDATE
@@ -577,7 +477,7 @@ class LeafMinter:
             if not raw:
                 return  # no SNI (IP literal, or an old client): keep the authority's leaf
             try:
-                name = _normalize_host(raw.decode("ascii"))
+                name = normalize_host(raw.decode("ascii"))
             except (UnicodeDecodeError, ValueError):
                 # Nothing sensible to mint; the client will reject the authority's leaf
                 # itself, which is more informative than aborting the handshake here.
@@ -608,7 +508,7 @@ class InterceptContextFactory:
     def __init__(self, minter: LeafMinter, default_host: str) -> None:
         self._minter = minter
         try:
-            self.default_host = _normalize_host(default_host)
+            self.default_host = normalize_host(default_host)
         except ValueError:
             self.default_host = "invalid"
 
@@ -751,7 +651,7 @@ class _OriginCreator:
         self.hostname = hostname
         self._options = options
         self._verify = verify
-        ip = _parse_ip(hostname)
+        ip = parse_ip(hostname)
         self._sni: bytes | None = None  # RFC 6066: no IP literals in SNI
         self._service_id: DNS_ID | IPAddress_ID | None = None
         if ip is not None:
