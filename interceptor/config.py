@@ -236,7 +236,6 @@ def _show(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    label: str  # for documentation
     coerce: Callable[[object], object]  # TOML or Python value -> typed value
     parse_env: Callable[[str], object]  # environment string -> value for coerce()
 
@@ -369,13 +368,13 @@ def _env_max_files(text: str) -> int | str:
         raise _Invalid(f'expected "hard" or an integer, got {text!r}') from None
 
 
-_FLOAT = _Kind("float", _coerce_float, _env_float)
-_INT = _Kind("integer", _coerce_int, _env_int)
-_BOOL = _Kind("boolean", _coerce_bool, _env_bool)
-_STR = _Kind("string", _coerce_str, lambda text: text)
-_STRS = _Kind("string or array of strings", _coerce_strs, _env_strs)
-_HOSTS = _Kind("table of strings", _coerce_hosts, _env_hosts)
-_MAX_FILES = _Kind('"hard" or integer', _coerce_max_files, _env_max_files)
+_FLOAT = _Kind(_coerce_float, _env_float)
+_INT = _Kind(_coerce_int, _env_int)
+_BOOL = _Kind(_coerce_bool, _env_bool)
+_STR = _Kind(_coerce_str, lambda text: text)
+_STRS = _Kind(_coerce_strs, _env_strs)
+_HOSTS = _Kind(_coerce_hosts, _env_hosts)
+_MAX_FILES = _Kind(_coerce_max_files, _env_max_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +386,7 @@ _Check = Callable[[object], object]
 
 def _greater_than(bound: float) -> _Check:
     def check(value: object) -> object:
-        if not value > bound:  # type: ignore[operator]
+        if not (isinstance(value, int | float) and value > bound):
             raise _Invalid(f"must be > {_show(bound)}, got {_show(value)}")
         return value
 
@@ -396,7 +395,8 @@ def _greater_than(bound: float) -> _Check:
 
 def _at_least(bound: float) -> _Check:
     def check(value: object) -> object:
-        if value is not None and not value >= bound:  # type: ignore[operator]
+        # None is max_open_files = "hard": no number to compare.
+        if value is not None and not (isinstance(value, int | float) and value >= bound):
             raise _Invalid(f"must be >= {_show(bound)}, got {_show(value)}")
         return value
 
@@ -454,7 +454,7 @@ def _check_endpoint(description: str) -> None:
 
 def _endpoints(*, required: bool) -> _Check:
     def check(value: object) -> object:
-        endpoints: tuple[str, ...] = value  # type: ignore[assignment]
+        endpoints = cast("tuple[str, ...]", value)  # _STRS.coerce has run
         if required and not endpoints:
             raise _Invalid("at least one endpoint is required")
         for description in endpoints:
@@ -470,7 +470,7 @@ _ADDON_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def _addon_refs(value: object) -> object:
-    refs: tuple[str, ...] = value  # type: ignore[assignment]
+    refs = cast("tuple[str, ...]", value)  # _STRS.coerce has run
     for ref in refs:
         if not _ADDON_REF.fullmatch(ref):
             raise _Invalid(f"not a 'module:name' reference: {ref!r}")
