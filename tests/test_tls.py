@@ -41,10 +41,10 @@ from interceptor.tls import (
     InterceptContextFactory,
     LeafMinter,
     TLSSetupError,
-    UpstreamCertificateError,
     UpstreamTLS,
     describe_tls_failure,
 )
+from interceptor.tls.origin import UpstreamCertificateError
 from tests import certs
 
 TIMEOUT = 10.0
