@@ -16,7 +16,6 @@ Nothing here touches the reactor, and the only I/O is reading the one configurat
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import os
 import re
@@ -25,8 +24,12 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from typing import cast
 
 from twisted.internet.endpoints import serverFromString
+
+from .hosts import check_pattern, is_host_name
+from .text import one_line
 
 __all__ = [
     "DEFAULT_CONFIG_ENV",
@@ -49,13 +52,6 @@ _ENV_PREFIX = "INTERCEPTOR_"
 _SOURCE_ENV = "environment"
 _SOURCE_CLI = "command line"
 
-_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
-
-
-def _one_line(text: str) -> str:
-    # tomllib and Twisted messages may span lines; a config error must stay one log line.
-    return _NEWLINES.sub(" ", text).strip()
-
 
 class ConfigError(Exception):
     """A configuration value that cannot be used.
@@ -66,7 +62,8 @@ class ConfigError(Exception):
     """
 
     def __init__(self, source: str, key: str, problem: str) -> None:
-        source, key, problem = _one_line(source), _one_line(key), _one_line(problem)
+        # tomllib and Twisted messages may span lines; a config error must stay one log line.
+        source, key, problem = one_line(source), one_line(key), one_line(problem)
         # Passing all three keeps the exception picklable (it is re-created from args).
         super().__init__(source, key, problem)
         self.source = source
@@ -239,7 +236,6 @@ def _show(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    label: str  # for documentation
     coerce: Callable[[object], object]  # TOML or Python value -> typed value
     parse_env: Callable[[str], object]  # environment string -> value for coerce()
 
@@ -322,15 +318,12 @@ def _env_strs(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-_HOST_NAME = re.compile(r"[a-z0-9_.-]+")
-
-
 def _coerce_hosts(value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise _Invalid(f"expected a table of name = address, got {_type_name(value)}")
     hosts: dict[str, str] = {}
     for name, address in value.items():
-        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name.lower()):
+        if not isinstance(name, str) or not is_host_name(name):
             raise _Invalid(f"not a host name: {name!r}")
         if not isinstance(address, str):
             raise _Invalid(f"address for {name!r}: expected a string, got {_type_name(address)}")
@@ -375,13 +368,13 @@ def _env_max_files(text: str) -> int | str:
         raise _Invalid(f'expected "hard" or an integer, got {text!r}') from None
 
 
-_FLOAT = _Kind("float", _coerce_float, _env_float)
-_INT = _Kind("integer", _coerce_int, _env_int)
-_BOOL = _Kind("boolean", _coerce_bool, _env_bool)
-_STR = _Kind("string", _coerce_str, lambda text: text)
-_STRS = _Kind("string or array of strings", _coerce_strs, _env_strs)
-_HOSTS = _Kind("table of strings", _coerce_hosts, _env_hosts)
-_MAX_FILES = _Kind('"hard" or integer', _coerce_max_files, _env_max_files)
+_FLOAT = _Kind(_coerce_float, _env_float)
+_INT = _Kind(_coerce_int, _env_int)
+_BOOL = _Kind(_coerce_bool, _env_bool)
+_STR = _Kind(_coerce_str, lambda text: text)
+_STRS = _Kind(_coerce_strs, _env_strs)
+_HOSTS = _Kind(_coerce_hosts, _env_hosts)
+_MAX_FILES = _Kind(_coerce_max_files, _env_max_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +386,7 @@ _Check = Callable[[object], object]
 
 def _greater_than(bound: float) -> _Check:
     def check(value: object) -> object:
-        if not value > bound:  # type: ignore[operator]
+        if not (isinstance(value, int | float) and value > bound):
             raise _Invalid(f"must be > {_show(bound)}, got {_show(value)}")
         return value
 
@@ -402,7 +395,8 @@ def _greater_than(bound: float) -> _Check:
 
 def _at_least(bound: float) -> _Check:
     def check(value: object) -> object:
-        if value is not None and not value >= bound:  # type: ignore[operator]
+        # None is max_open_files = "hard": no number to compare.
+        if value is not None and not (isinstance(value, int | float) and value >= bound):
             raise _Invalid(f"must be >= {_show(bound)}, got {_show(value)}")
         return value
 
@@ -424,13 +418,9 @@ def _non_empty(value: object) -> object:
     return value
 
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
-
-
 def _hostname(value: object) -> object:
     name = str(value).lower()
-    if not _HOSTNAME.fullmatch(name):
+    if not is_host_name(name):
         raise _Invalid(f"must be a host name, got {value!r}")
     return name
 
@@ -464,7 +454,7 @@ def _check_endpoint(description: str) -> None:
 
 def _endpoints(*, required: bool) -> _Check:
     def check(value: object) -> object:
-        endpoints: tuple[str, ...] = value  # type: ignore[assignment]
+        endpoints = cast("tuple[str, ...]", value)  # _STRS.coerce has run
         if required and not endpoints:
             raise _Invalid("at least one endpoint is required")
         for description in endpoints:
@@ -476,14 +466,11 @@ def _endpoints(*, required: bool) -> _Check:
     return check
 
 
-_GLOB = re.compile(r"[A-Za-z0-9.*-]+")
-
-
 _ADDON_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def _addon_refs(value: object) -> object:
-    refs: tuple[str, ...] = value  # type: ignore[assignment]
+    refs = cast("tuple[str, ...]", value)  # _STRS.coerce has run
     for ref in refs:
         if not _ADDON_REF.fullmatch(ref):
             raise _Invalid(f"not a 'module:name' reference: {ref!r}")
@@ -491,26 +478,12 @@ def _addon_refs(value: object) -> object:
 
 
 def _passthrough(value: object) -> object:
-    patterns: tuple[str, ...] = value  # type: ignore[assignment]
+    patterns = cast("tuple[str, ...]", value)  # _STRS.coerce has run
     for pattern in patterns:
-        if not pattern:
-            raise _Invalid("empty pattern")
-        if "/" in pattern:
-            try:
-                ipaddress.ip_network(pattern, strict=False)
-            except ValueError as error:
-                raise _Invalid(f"not a valid IP network {pattern!r}: {error}") from None
-            continue
         try:
-            ipaddress.ip_address(pattern)
-            continue
-        except ValueError:
-            pass
-        if not _GLOB.fullmatch(pattern):
-            raise _Invalid(
-                f"not a host pattern, IP address or CIDR network: {pattern!r} "
-                "(patterns may contain only letters, digits, '.', '-' and '*')"
-            )
+            check_pattern(pattern)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
     return patterns
 
 

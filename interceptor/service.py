@@ -144,6 +144,7 @@ class ProxyService(Service):
         """CA, leaf minter, upstream verification, passthrough and the CA page."""
         from . import tls
         from .addons.capage import CAPage
+        from .hosts import HostPatterns
 
         cfg = self.config.tls
         self.prepare()
@@ -158,7 +159,7 @@ class ProxyService(Service):
         return {
             "creator": upstream.creator_for,
             "intercept": lambda host, port: tls.InterceptContextFactory(minter, host),
-            "passthrough": (lambda host: tls.host_matches(host, patterns)) if patterns else None,
+            "passthrough": HostPatterns(patterns).matches if patterns else None,
             "describe": tls.describe_tls_failure,
         }
 

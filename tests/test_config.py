@@ -173,12 +173,16 @@ FILE_ERRORS = [
     ("[upstream]\nhosts = { a = 1 }\n", "upstream.hosts", "expected a string, got integer"),
     ('[upstream]\nhosts = { a = "" }\n', "upstream.hosts", "non-empty"),
     ('[upstream]\nhosts = { "a b" = "1.2.3.4" }\n', "upstream.hosts", "not a host name"),
+    ('[upstream]\nhosts = { "-a.example" = "1.2.3.4" }\n', "upstream.hosts", "not a host name"),
+    ('[upstream]\nhosts = { "a..example" = "1.2.3.4" }\n', "upstream.hosts", "not a host name"),
     ('[upstream]\nhosts = { A = "1.1.1.1", a = "2.2.2.2" }\n', "upstream.hosts", "twice"),
     ('[tls]\nverify_upstream = "yes"\n', "tls.verify_upstream", "expected a boolean, got string"),
     ("[tls]\nverify_upstream = 1\n", "tls.verify_upstream", "expected a boolean, got integer"),
     ('[tls]\nca_dir = ""\n', "tls.ca_dir", "must not be empty"),
     ('[tls]\npassthrough = ["exa mple.com"]\n', "tls.passthrough", "not a host pattern"),
-    ('[tls]\npassthrough = ["a_b.example"]\n', "tls.passthrough", "not a host pattern"),
+    # "_" is a host-name character (see interceptor.hosts); "!" and "?" are not.
+    ('[tls]\npassthrough = ["a!b.example"]\n', "tls.passthrough", "not a host pattern"),
+    ('[tls]\npassthrough = ["a?.example"]\n', "tls.passthrough", "not a host pattern"),
     ('[tls]\npassthrough = [""]\n', "tls.passthrough", "empty pattern"),
     ('[tls]\npassthrough = ["10.0.0.0/33"]\n', "tls.passthrough", "not a valid IP network"),
     ('[tls]\npassthrough = ["bank.example/8"]\n', "tls.passthrough", "not a valid IP network"),
@@ -186,6 +190,7 @@ FILE_ERRORS = [
     ("[tls]\nleaf_cache_size = 0\n", "tls.leaf_cache_size", "must be >= 1, got 0"),
     ('[tls]\nca_page_host = ""\n', "tls.ca_page_host", "must be a host name"),
     ('[tls]\nca_page_host = "bad host"\n', "tls.ca_page_host", "must be a host name"),
+    ('[tls]\nca_page_host = "ca.local."\n', "tls.ca_page_host", "must be a host name"),
     ("[limits]\nmax_open_files = 63\n", "limits.max_open_files", "must be >= 64, got 63"),
     ('[limits]\nmax_open_files = "soft"\n', "limits.max_open_files", 'expected "hard"'),
     ("[limits]\nmax_open_files = true\n", "limits.max_open_files", "got boolean"),
@@ -255,6 +260,20 @@ def test_utf8_bom_is_tolerated(tmp_path: Path) -> None:
     path = tmp_path / "bom.toml"
     path.write_bytes(b'\xef\xbb\xbf[log]\nformat = "json"\n')
     assert load_config(str(path), environ={}).log.format == "json"
+
+
+def test_underscores_are_host_name_characters_everywhere(tmp_path: Path) -> None:
+    # One host-name definition (interceptor.hosts) for every setting that names hosts.
+    path = write(
+        tmp_path,
+        '[upstream.hosts]\n"_Dmarc.Example" = "127.0.0.1"\n'
+        '[tls]\npassthrough = ["*.build_01.corp", "_sip._tcp.example"]\n'
+        'ca_page_host = "ca_page.local"\n',
+    )
+    cfg = load_config(path, environ={})
+    assert dict(cfg.upstream.hosts) == {"_dmarc.example": "127.0.0.1"}
+    assert cfg.tls.passthrough == ("*.build_01.corp", "_sip._tcp.example")
+    assert cfg.tls.ca_page_host == "ca_page.local"
 
 
 def test_error_message_is_squashed_to_one_line() -> None:
