@@ -1,473 +1,541 @@
 """The session state machine, driven in memory: no sockets, a fake clock, scripted upstreams.
 
-Like mitmproxy's Playbook tests: bytes in from the client, check what reaches the upstream;
-bytes in from the upstream, check what reaches the client; endings in, check what happens to the
-peer.
+Each test is a playbook (tests/playbook.py): what happens to the proxy (`>>`) and everything the
+proxy does about it (`<<`), exactly; an effect the script does not state fails the test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from twisted.internet import error
-from twisted.internet.address import IPv4Address
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 
-from interceptor.addons.chain import HookChain
-from interceptor.process import Counters
-from interceptor.proxy.downstream import ClientConnection
-from interceptor.proxy.session import ProxyContext
-from interceptor.proxy.upstream import Pool
-
-
-class Transport(StringTransport):
-    """A StringTransport that remembers aborts and tolerates late pause/resume."""
-
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self._lenient = True
-        self.aborted = False
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-
-class Rig:
-    """A proxy context on a memory reactor, with helpers to play both sides."""
-
-    def __init__(self, read_timeout: float = 60.0, **ctx_args) -> None:
-        self.reactor = MemoryReactorClock()
-        self.counters = Counters()
-        self.pool = Pool(
-            self.reactor, self.reactor, self.counters, None, 8, 30.0, 10.0, {}, None, read_timeout
-        )
-        self.ctx = ProxyContext(self.reactor, self.counters, self.pool, HookChain(), **ctx_args)
-        self.upstreams: list[tuple[object, Transport]] = []
-
-    def client(self) -> tuple[ClientConnection, Transport]:
-        proto = ClientConnection(self.ctx)
-        t = Transport()
-        proto.makeConnection(t)
-        return proto, t
-
-    def complete_connect(self, index: int = -1):
-        """Finish the upstream TCP connect the proxy started most recently."""
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        proto = factory.buildProtocol(IPv4Address("TCP", host, port))
-        t = Transport()
-        proto.makeConnection(t)
-        self.upstreams.append((proto, t))
-        return proto, t
-
-    def fail_connect(self, reason: Exception, index: int = -1) -> None:
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        factory.clientConnectionFailed(None, Failure(reason))
+from tests.playbook import (
+    Playbook,
+    Rig,
+    advance,
+    all_asserted,
+    client_aborted,
+    client_buffer_drained,
+    client_buffer_full,
+    client_closed,
+    client_closes,
+    client_half_closes,
+    client_receives,
+    client_resets,
+    client_sends,
+    client_starts_tls,
+    connect_fails,
+    connected,
+    connects,
+    pooled,
+    split_authority,
+    upstream_aborted,
+    upstream_closed,
+    upstream_closes,
+    upstream_lost,
+    upstream_reading_paused,
+    upstream_reading_resumed,
+    upstream_receives,
+    upstream_resets,
+    upstream_sends,
+)
 
 
-def lost(proto, exc=None) -> None:
-    proto.connectionLost(Failure(exc or error.ConnectionDone()))
+@pytest.fixture(autouse=True)
+def _playbooks_asserted() -> Iterator[None]:
+    with all_asserted():
+        yield
 
 
-GET = b"GET http://127.0.0.1:9000/a HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n"
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+def head(*lines: bytes) -> bytes:
+    """A message head: the start line and header lines, each CRLF-ended, then the blank line."""
+    return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+def refusal(status: bytes, text: bytes, close: bool = False) -> bytes:
+    """A response the proxy makes itself: `status` such as b"502 Bad Gateway", a text body."""
+    body = text + b"\n"
+    lines = [
+        b"HTTP/1.1 " + status,
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Length: %d" % len(body),
+    ]
+    if close:
+        lines.append(b"Connection: close")
+    return head(*lines) + body
+
+
+HOST = "127.0.0.1"
+PORT = 9000
+ORIGIN = b"Host: 127.0.0.1:9000"
+
+GET = head(b"GET http://127.0.0.1:9000/a HTTP/1.1", ORIGIN)
+GET_UP = head(b"GET /a HTTP/1.1", ORIGIN)  # GET as the origin receives it
+GET_10 = head(b"GET http://127.0.0.1:9000/a HTTP/1.0")  # no Host: HTTP/1.0
+OK = head(b"HTTP/1.1 200 OK", b"Content-Length: 5") + b"hello"
+LONG_HEAD = head(b"HTTP/1.1 200 OK", b"Content-Length: 1000")
+HEAD_100 = head(b"HTTP/1.1 200 OK", b"Content-Length: 100")
+CHUNKED_HEAD = head(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked")
+CLOSED_502 = b"upstream closed the connection before responding"
+ORIGIN_FORM_REFUSED = (
+    b"origin-form request: this is a proxy, send an absolute URL (GET http://host/path)"
+)
+
+
+def fetched(rig: Rig | None = None) -> Playbook:
+    """A playbook that has sent GET and seen it reach a freshly connected upstream 0."""
+    return (
+        Playbook(rig or Rig())
+        >> client_sends(GET)
+        << connects(HOST, PORT, timeout=10.0)
+        >> connected()
+        << upstream_receives(GET_UP)
+    )
 
 
 def test_get_is_forwarded_and_answered_and_upstream_pooled():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(
-        b"GET http://127.0.0.1:9000/a?b=1 HTTP/1.1\r\nHost: wrong\r\n"
-        b"Proxy-Connection: keep-alive\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n"
+    assert (
+        Playbook(Rig())
+        >> client_sends(
+            head(
+                b"GET http://127.0.0.1:9000/a?b=1 HTTP/1.1",
+                b"Host: wrong",
+                b"Proxy-Connection: keep-alive",
+                b"Connection: X-Hop",
+                b"X-Hop: 1",
+                b"X-End: 2",
+            )
+        )
+        << connects(HOST, PORT)
+        >> connected()
+        # Host is the target's, the hop-by-hop headers (named by Connection too) are gone.
+        << upstream_receives(head(b"GET /a?b=1 HTTP/1.1", ORIGIN, b"X-End: 2"))
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << pooled(1)
+        # The second request reuses the pooled connection: no new connect.
+        >> client_sends(GET)
+        << upstream_receives(GET_UP)
+        << pooled(0)
     )
-    assert rig.reactor.tcpClients[0][:2] == ("127.0.0.1", 9000)
-    up, ut = rig.complete_connect()
-    sent = ut.value()
-    assert sent.startswith(b"GET /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n")
-    assert b"X-End: 2" in sent
-    assert b"X-Hop" not in sent and b"Proxy-Connection" not in sent
-    up.dataReceived(OK)
-    assert ct.value().startswith(b"HTTP/1.1 200 OK\r\n")
-    assert ct.value().endswith(b"\r\n\r\nhello")
-    assert rig.pool.idle_count() == 1
-    # The second request reuses the pooled connection: no new connect.
-    ut.clear()
-    client.dataReceived(GET)
-    assert len(rig.reactor.tcpClients) == 1
-    assert ut.value().startswith(b"GET /a HTTP/1.1")
 
 
 def test_pipelined_request_waits_for_the_first_response():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET + GET.replace(b"/a", b"/b"))
-    up, ut = rig.complete_connect()
-    assert ut.value().count(b"GET ") == 1
-    up.dataReceived(OK)
-    assert ut.value().count(b"GET ") == 2
-    assert b"GET /b" in ut.value()
-    up.dataReceived(OK)
-    assert ct.value().count(b"HTTP/1.1 200 OK") == 2
+    get_b = GET.replace(b"/a", b"/b")
+    assert (
+        Playbook(Rig())
+        >> client_sends(GET + get_b)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(GET_UP)
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << upstream_receives(GET_UP.replace(b"/a", b"/b"))
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << pooled(1)
+    )
 
 
 def test_client_lost_mid_response_aborts_upstream_at_once():
     rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-    lost(client, error.ConnectionLost())
-    assert ut.aborted
+    assert (
+        fetched(rig)
+        >> upstream_sends(LONG_HEAD + b"partial")
+        << client_receives(LONG_HEAD + b"partial")
+        >> client_resets()
+        << upstream_aborted()
+    )
     assert rig.counters.aborts["client_reset"] == 1
     assert rig.counters.endings["client", "reset"] == 1
 
 
 def test_client_half_close_mid_exchange_is_treated_as_gone():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    client.readConnectionLost()
-    assert ut.aborted and ct.aborted
+    assert fetched() >> client_half_closes() << upstream_aborted() << client_aborted()
 
 
 def test_upstream_lost_before_headers_gives_502_and_keeps_client():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    lost(up, error.ConnectionLost())
-    assert ct.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
-    assert b"upstream closed the connection before responding" in ct.value()
-    assert not ct.disconnecting  # the request had no body: the connection stays usable
+    # The request had no body: the connection stays usable (no close follows the 502).
+    assert (
+        fetched()
+        >> upstream_resets()
+        << client_receives(refusal(b"502 Bad Gateway", CLOSED_502 + b" (reset)"))
+    )
 
 
 def test_upstream_lost_mid_body_truncates_client_visibly():
     rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-    lost(up, error.ConnectionDone())  # even a clean close: the body is short
-    # What was relayed is delivered, then the connection ends short of Content-Length.
-    assert ct.value().endswith(b"partial")
-    assert ct.disconnecting and not ct.aborted
+    assert (
+        fetched(rig)
+        >> upstream_sends(LONG_HEAD + b"partial")
+        << client_receives(LONG_HEAD + b"partial")
+        # Even a clean close: the body is short. What was relayed is delivered, then the
+        # connection ends short of Content-Length (a FIN, not a reset).
+        >> upstream_closes()
+        << client_closed()
+    )
     assert rig.counters.aborts["upstream_clean"] == 1
 
 
 def test_upstream_lost_mid_close_delimited_body_resets_http10_client():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(b"GET http://127.0.0.1:9000/a HTTP/1.0\r\n\r\n")
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-    lost(up, error.ConnectionLost())
-    assert ct.aborted  # a FIN would read as a complete close-delimited body
+    assert (
+        Playbook(Rig())
+        >> client_sends(GET_10)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(GET_UP)
+        >> upstream_sends(CHUNKED_HEAD + b"3\r\nabc\r\n")
+        << client_receives(head(b"HTTP/1.1 200 OK", b"Connection: close") + b"abc")
+        >> upstream_resets()
+        << client_aborted()  # a FIN would read as a complete close-delimited body
+    )
 
 
 def test_close_delimited_response_is_chunked_to_http11_client():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nabc")
-    lost(up, error.ConnectionDone())
-    out = ct.value()
-    assert b"Transfer-Encoding: chunked" in out
-    assert out.endswith(b"3\r\nabc\r\n0\r\n\r\n")
-    assert not ct.aborted and not ct.disconnecting
+    assert (
+        fetched()
+        >> upstream_sends(head(b"HTTP/1.1 200 OK") + b"abc")
+        << client_receives(CHUNKED_HEAD + b"3\r\nabc\r\n")
+        >> upstream_closes()
+        << client_receives(b"0\r\n\r\n")
+    )
 
 
 def test_http10_client_never_gets_chunked():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(b"GET http://127.0.0.1:9000/a HTTP/1.0\r\n\r\n")
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-    out = ct.value()
-    assert b"chunked" not in out.lower()
-    assert b"Connection: close" in out
-    assert out.endswith(b"\r\n\r\nabc")
-    assert ct.disconnecting
+    assert (
+        Playbook(Rig())
+        >> client_sends(GET_10)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(GET_UP)
+        >> upstream_sends(CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n\r\n")
+        << client_receives(head(b"HTTP/1.1 200 OK", b"Connection: close") + b"abc")
+        << client_closed()
+        << pooled(1)
+    )
 
 
 def test_connect_refused_gives_502_with_reason():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    rig.fail_connect(error.ConnectionRefusedError())
-    assert ct.value().startswith(b"HTTP/1.1 502 ")
-    assert b"upstream refused the connection" in ct.value()
+    assert (
+        Playbook(Rig())
+        >> client_sends(GET)
+        << connects(HOST, PORT)
+        >> connect_fails(error.ConnectionRefusedError())
+        << client_receives(refusal(b"502 Bad Gateway", b"upstream refused the connection"))
+    )
 
 
 def test_connect_timeout_gives_504():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    rig.fail_connect(error.TimeoutError())
-    assert ct.value().startswith(b"HTTP/1.1 504 ")
+    assert (
+        Playbook(Rig())
+        >> client_sends(GET)
+        << connects(HOST, PORT)
+        >> connect_fails(error.TimeoutError())
+        << client_receives(refusal(b"504 Gateway Timeout", b"upstream connect timed out"))
+    )
 
 
-def test_origin_form_is_refused_and_connection_closes():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert ct.value().startswith(b"HTTP/1.1 400 ")
-    assert b"absolute URL" in ct.value()
-    assert not rig.reactor.tcpClients
+def test_origin_form_is_refused_and_nothing_goes_upstream():
+    # (Formerly "..._and_connection_closes", which it never checked and does not do: the
+    # request had no body, so the connection stays usable after the 400.)
+    assert (
+        Playbook(Rig())
+        >> client_sends(head(b"GET /x HTTP/1.1", b"Host: a"))
+        << client_receives(refusal(b"400 Bad Request", ORIGIN_FORM_REFUSED))
+    )
 
 
 def test_malformed_request_400_and_close_nothing_upstream():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(
-        b"POST http://127.0.0.1:9000/ HTTP/1.1\r\nContent-Length: 1\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+    assert (
+        Playbook(Rig())
+        >> client_sends(
+            head(
+                b"POST http://127.0.0.1:9000/ HTTP/1.1",
+                b"Content-Length: 1",
+                b"Transfer-Encoding: chunked",
+            )
+        )
+        << client_receives(
+            refusal(
+                b"400 Bad Request",
+                b"malformed request: Transfer-Encoding can't be present with Content-Length",
+                close=True,
+            )
+        )
+        << client_closed()
     )
-    assert ct.value().startswith(b"HTTP/1.1 400 ")
-    assert ct.disconnecting
-    assert not rig.reactor.tcpClients
 
 
 def test_chunked_request_body_is_forwarded_chunked():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(
-        b"POST http://127.0.0.1:9000/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    assert (
+        Playbook(Rig())
+        >> client_sends(
+            head(b"POST http://127.0.0.1:9000/ HTTP/1.1", b"Transfer-Encoding: chunked")
+            + b"3\r\nabc\r\n"
+        )
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(
+            head(b"POST / HTTP/1.1", ORIGIN, b"Transfer-Encoding: chunked") + b"3\r\nabc\r\n"
+        )
+        >> client_sends(b"0\r\n\r\n")
+        << upstream_receives(b"0\r\n\r\n")
     )
-    up, ut = rig.complete_connect()
-    client.dataReceived(b"0\r\n\r\n")
-    assert b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" in ut.value()
 
 
 def test_slow_request_head_gets_408():
-    rig = Rig(header_timeout=10.0, idle_timeout=60.0)
-    client, ct = rig.client()
-    client.dataReceived(b"GET http://127.0.0.1:9000/ HTTP/1.1\r\nHost: a\r\n")
-    rig.reactor.advance(9.0)
-    assert ct.value() == b""
-    rig.reactor.advance(1.5)
-    assert ct.value().startswith(b"HTTP/1.1 408 ")
-    assert ct.disconnecting
+    assert (
+        Playbook(Rig(header_timeout=10.0, idle_timeout=60.0))
+        >> client_sends(b"GET http://127.0.0.1:9000/ HTTP/1.1\r\nHost: a\r\n")
+        >> advance(9.0)
+        >> advance(1.5)
+        << client_receives(refusal(b"408 Request Timeout", b"request head timed out", True))
+        << client_closed()
+    )
 
 
 def test_idle_keep_alive_client_is_closed_at_its_bound():
     rig = Rig(idle_timeout=60.0)
-    client, ct = rig.client()
-    rig.reactor.advance(30)
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(OK)
-    rig.reactor.advance(59)
-    assert not ct.disconnecting
-    rig.reactor.advance(2)
-    assert ct.disconnecting
-    lost(client)
+    assert (
+        Playbook(rig)
+        >> advance(30)
+        >> client_sends(GET)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(GET_UP)
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << pooled(1)
+        >> advance(59)  # the pooled upstream expires meanwhile; the client stays
+        << upstream_closed()
+        << pooled(0)
+        >> advance(2)
+        << client_closed()
+        >> client_closes()
+    )
     assert rig.counters.endings["client", "timed_out"] == 1
 
 
 def test_upstream_backpressure_pauses_client_reading():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-    ct.producer.pauseProducing()  # the client's send buffer is full
-    assert ut.producerState == "paused"
-    ct.producer.resumeProducing()
-    assert ut.producerState == "producing"
+    assert (
+        fetched()
+        >> upstream_sends(HEAD_100)
+        << client_receives(HEAD_100)
+        >> client_buffer_full()
+        << upstream_reading_paused()
+        >> client_buffer_drained()
+        << upstream_reading_resumed()
+    )
 
 
 def test_pooled_connection_idle_expiry():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(OK)
-    assert rig.pool.idle_count() == 1
-    rig.reactor.advance(31)
-    rig.reactor.advance(16)
-    assert ut.disconnecting
+    assert (
+        fetched()
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << pooled(1)
+        >> advance(31)  # the sweep at 30 s finds it idle for the whole idle timeout
+        << upstream_closed()
+        << pooled(0)
+        >> upstream_closes()  # the origin answers our FIN
+        >> advance(16)
+    )
 
 
 def test_intercepted_connect_starts_tls_and_serves_origin_form():
-    started = []
-    rig = Rig(intercept=lambda host, port: ("ctx", host, port))
-    client, ct = rig.client()
-    client.start_tls = lambda factory, leftover: started.append((factory, leftover))
-    client.dataReceived(b"CONNECT example.test:8443 HTTP/1.1\r\nHost: example.test\r\n\r\n\x16\x03")
-    assert ct.value() == b"HTTP/1.1 200 Connection established\r\n\r\n"
-    assert started == [(("ctx", "example.test", 8443), b"\x16\x03")]
-    ct.clear()
-    rig.pool.tls_creator = lambda host: optionsForClientTLS(host)
-    client.dataReceived(b"GET /p HTTP/1.1\r\nHost: example.test:8443\r\n\r\n")
-    assert len(rig.reactor.tcpClients) == 1  # the request inside the tunnel went upstream
+    rig = Rig(
+        intercept=lambda host, port: ("ctx", host, port),
+        tls_creator=lambda host: optionsForClientTLS(host),
+    )
+    assert (
+        Playbook(rig)
+        >> client_sends(
+            head(b"CONNECT example.test:8443 HTTP/1.1", b"Host: example.test") + b"\x16\x03"
+        )
+        << client_receives(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        << client_starts_tls(("ctx", "example.test", 8443), hello=b"\x16\x03")
+        # Inside the tunnel (plaintext from here): the request goes upstream, over TLS to the
+        # CONNECT target (the memory reactor resolves every hostname to 127.0.0.1).
+        >> client_sends(head(b"GET /p HTTP/1.1", b"Host: example.test:8443"))
+        << connects("127.0.0.1", 8443)
+    )
 
 
 def test_silent_upstream_gets_504_at_read_timeout():
     rig = Rig(read_timeout=5.0)
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    rig.reactor.advance(4.9)
-    assert not ut.aborted
-    rig.reactor.advance(0.2)
-    assert ut.aborted
-    lost(up, error.ConnectionAborted())
-    assert ct.value().startswith(b"HTTP/1.1 504 ")
+    assert (
+        fetched(rig)
+        >> advance(4.9)
+        >> advance(0.2)
+        << upstream_aborted()
+        >> upstream_lost(error.ConnectionAborted())
+        << client_receives(refusal(b"504 Gateway Timeout", b"upstream timed out"))
+    )
     assert rig.counters.endings["upstream", "timed_out"] == 1
 
 
 def test_upstream_stalling_mid_body_truncates_client():
-    rig = Rig(read_timeout=5.0)
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
-    rig.reactor.advance(3)
-    up.dataReceived(b"def")  # activity pushes the deadline
-    rig.reactor.advance(3)
-    assert not ut.aborted
-    rig.reactor.advance(2.5)
-    assert ut.aborted
-    lost(up, error.ConnectionAborted())
-    assert ct.value().endswith(b"abcdef") and ct.disconnecting
+    assert (
+        fetched(Rig(read_timeout=5.0))
+        >> upstream_sends(HEAD_100 + b"abc")
+        << client_receives(HEAD_100 + b"abc")
+        >> advance(3)
+        >> upstream_sends(b"def")  # activity pushes the deadline
+        << client_receives(b"def")
+        >> advance(3)
+        >> advance(2.5)
+        << upstream_aborted()
+        >> upstream_lost(error.ConnectionAborted())
+        << client_closed()
+    )
 
 
 def test_upstream_paused_by_slow_client_does_not_time_out():
-    rig = Rig(read_timeout=5.0)
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
-    ct.producer.pauseProducing()
-    rig.reactor.advance(30)
-    assert not ut.aborted
-    ct.producer.resumeProducing()
-    rig.reactor.advance(5.5)
-    assert ut.aborted
+    assert (
+        fetched(Rig(read_timeout=5.0))
+        >> upstream_sends(HEAD_100 + b"abc")
+        << client_receives(HEAD_100 + b"abc")
+        >> client_buffer_full()
+        << upstream_reading_paused()
+        >> advance(30)
+        >> client_buffer_drained()
+        << upstream_reading_resumed()
+        >> advance(5.5)
+        << upstream_aborted()
+    )
 
 
 def test_early_error_with_unread_body_closes_without_waiting_for_it():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(
-        b"POST /origin-form HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
-        b"Expect: 100-continue\r\n\r\n"
+    assert (
+        Playbook(Rig())
+        >> client_sends(
+            head(
+                b"POST /origin-form HTTP/1.1",
+                b"Host: a",
+                b"Content-Length: 100",
+                b"Expect: 100-continue",
+            )
+        )
+        << client_receives(refusal(b"400 Bad Request", ORIGIN_FORM_REFUSED, close=True))
+        << client_closed()
     )
-    assert ct.value().startswith(b"HTTP/1.1 400 ")
-    assert b"Connection: close" in ct.value()
-    assert ct.disconnecting
 
 
-def _exchange_on(rig, count: int) -> list:
-    """`count` clients each fetch once, concurrently; returns their upstream transports."""
-    clients = [rig.client() for _ in range(count)]
-    for c, _ in clients:
-        c.dataReceived(GET)
-    ups = [rig.complete_connect(i) for i in range(-count, 0)]
-    for up, _ in ups:
-        up.dataReceived(OK)
-    return [ut for _, ut in ups]
+def _exchange_on(rig: Rig, count: int) -> Playbook:
+    """`count` clients each fetch once, concurrently, on upstreams 0..count-1; all pooled."""
+    pb = Playbook(rig, clients=count)
+    for n in range(count):
+        pb >> client_sends(GET, n) << connects(HOST, PORT)
+    for n in range(count):
+        pb >> connected(n) << upstream_receives(GET_UP, n)
+    for n in range(count):
+        pb >> upstream_sends(OK, n) << client_receives(OK, n) << pooled(n + 1)
+    return pb
 
 
 def test_pool_keeps_a_burst_surplus_for_a_grace_then_trims_to_size():
-    rig = Rig()
-    rig.pool.size = 2
-    transports = _exchange_on(rig, 5)
-    assert rig.pool.idle_count() == 5  # nothing closed at release
-    rig.reactor.advance(0.5)
-    assert rig.pool.idle_count() == 5
-    rig.reactor.advance(0.6)
-    assert rig.pool.idle_count() == 2
-    assert sum(t.disconnecting for t in transports) == 3
+    pb = _exchange_on(Rig(pool_size=2), 5)  # nothing closed at release: 5 idle
+    assert (
+        pb
+        >> advance(0.5)
+        >> advance(0.6)
+        << upstream_closed(0)
+        << upstream_closed(1)
+        << upstream_closed(2)
+        << pooled(2)
+    )
+    for n in range(3):
+        pb >> upstream_closes(n)  # the origins answer our FINs
     # The two kept are the most recently released; they expire at the idle timeout.
-    rig.reactor.advance(31)
-    rig.reactor.advance(16)
-    assert rig.pool.idle_count() == 0
+    assert pb >> advance(31) << upstream_closed(3) << upstream_closed(4) << pooled(0)
+    assert pb >> upstream_closes(3) >> upstream_closes(4) >> advance(16)
 
 
 def test_pool_size_zero_closes_at_release():
-    rig = Rig()
-    rig.pool.size = 0
-    (t,) = _exchange_on(rig, 1)
-    assert rig.pool.idle_count() == 0 and t.disconnecting
+    assert (
+        Playbook(Rig(pool_size=0))
+        >> client_sends(GET)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(GET_UP)
+        >> upstream_sends(OK)
+        << client_receives(OK)
+        << upstream_closed()
+    )
 
 
 def test_connect_authority_parsing():
-    from interceptor.proxy.session import _split_authority
-
-    assert _split_authority(b"Example.COM:8443", 443) == ("example.com", 8443)
-    assert _split_authority(b"[::1]:8443", 443) == ("::1", 8443)
-    assert _split_authority(b"10.0.0.1", 443) == ("10.0.0.1", 443)
+    assert split_authority(b"Example.COM:8443", 443) == ("example.com", 8443)
+    assert split_authority(b"[::1]:8443", 443) == ("::1", 8443)
+    assert split_authority(b"10.0.0.1", 443) == ("10.0.0.1", 443)
     for bad in (b"a:b", b"a:99999", b"ex!ample:443", b"user@host:443", b"host:443/path", b""):
         with pytest.raises(ValueError):
-            _split_authority(bad, 443)
+            split_authority(bad, 443)
 
 
 def test_bad_connect_target_is_400():
-    rig = Rig(intercept=lambda host, port: None)
-    client, ct = rig.client()
-    client.dataReceived(b"CONNECT host:notaport HTTP/1.1\r\n\r\n")
-    assert ct.value().startswith(b"HTTP/1.1 400 ")
-    assert b"CONNECT target must be host:port" in ct.value()
+    assert (
+        Playbook(Rig(intercept=lambda host, port: None))
+        >> client_sends(b"CONNECT host:notaport HTTP/1.1\r\n\r\n")
+        << client_receives(refusal(b"400 Bad Request", b"CONNECT target must be host:port"))
+        << client_closed()  # nothing after a CONNECT head can be read as HTTP
+    )
 
 
-UPGRADE_REQUEST = (
-    b"GET http://127.0.0.1:9000/chat HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"
-    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc\r\n\r\n"
+UPGRADE = (b"Connection: Upgrade", b"Upgrade: websocket")
+UPGRADE_REQUEST = head(
+    b"GET http://127.0.0.1:9000/chat HTTP/1.1", ORIGIN, *UPGRADE, b"Sec-WebSocket-Key: abc"
 )
+UPGRADE_UP = head(b"GET /chat HTTP/1.1", ORIGIN, b"Sec-WebSocket-Key: abc", *UPGRADE)
+SWITCHING = b"HTTP/1.1 101 Switching Protocols"
 
 
 def test_websocket_upgrade_switches_to_an_opaque_relay():
     rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(UPGRADE_REQUEST + b"early")
-    up, ut = rig.complete_connect()
-    sent = ut.value()
-    assert b"Connection: Upgrade\r\n" in sent and b"Upgrade: websocket\r\n" in sent
-    assert b"Sec-WebSocket-Key: abc" in sent
-    assert b"early" not in sent  # nothing of the new protocol before the 101
-    ut.clear()
-    up.dataReceived(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        b"Sec-WebSocket-Accept: xyz\r\n\r\n\x81\x02hi"
+    assert (
+        Playbook(rig)
+        >> client_sends(UPGRADE_REQUEST + b"early")
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(UPGRADE_UP)  # nothing of the new protocol before the 101
+        >> upstream_sends(head(SWITCHING, *UPGRADE, b"Sec-WebSocket-Accept: xyz") + b"\x81\x02hi")
+        << client_receives(head(SWITCHING, b"Sec-WebSocket-Accept: xyz", *UPGRADE) + b"\x81\x02hi")
+        << upstream_receives(b"early")  # what the client sent early follows the 101
+        >> client_sends(b"\x81\x03abc")
+        << upstream_receives(b"\x81\x03abc")
+        >> upstream_sends(b"\x81\x03def")
+        << client_receives(b"\x81\x03def")
+        >> advance(3600)  # no read timeout on a quiet WebSocket
+        >> upstream_closes()
+        << client_closed()
     )
-    out = ct.value()
-    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
-    assert b"Upgrade: websocket" in out and out.endswith(b"\r\n\r\n\x81\x02hi")
-    assert ut.value() == b"early"  # what the client sent early follows the 101
-    ct.clear()
-    ut.clear()
-    client.dataReceived(b"\x81\x03abc")
-    up.dataReceived(b"\x81\x03def")
-    assert ut.value() == b"\x81\x03abc" and ct.value() == b"\x81\x03def"
-    rig.reactor.advance(3600)  # no read timeout on a quiet WebSocket
-    assert not ut.disconnecting and not ct.disconnecting
-    lost(up, error.ConnectionDone())
-    assert ct.disconnecting and not ct.aborted
     assert rig.pool.idle_count() == 0
 
 
 def test_refused_upgrade_is_answered_and_the_connection_closes():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(UPGRADE_REQUEST)
-    up, ut = rig.complete_connect()
-    up.dataReceived(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno")
-    assert ct.value().startswith(b"HTTP/1.1 426 ")
-    assert b"Connection: close" in ct.value()
-    assert ct.disconnecting
+    assert (
+        Playbook(Rig())
+        >> client_sends(UPGRADE_REQUEST)
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(UPGRADE_UP)
+        >> upstream_sends(head(b"HTTP/1.1 426 Upgrade Required", b"Content-Length: 2") + b"no")
+        << client_receives(
+            head(b"HTTP/1.1 426 Upgrade Required", b"Content-Length: 2", b"Connection: close")
+            + b"no"
+        )
+        << client_closed()
+        << pooled(1)
+    )
 
 
 def test_unasked_101_is_a_502():
-    rig = Rig()
-    client, ct = rig.client()
-    client.dataReceived(GET)
-    up, ut = rig.complete_connect()
-    up.dataReceived(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+    assert (
+        fetched()
+        >> upstream_sends(head(SWITCHING, b"Upgrade: x", b"Connection: upgrade"))
+        << client_receives(refusal(b"502 Bad Gateway", b"upstream switched protocols unasked"))
+        << upstream_aborted()
     )
-    assert ct.value().startswith(b"HTTP/1.1 502 ")
-    assert ut.aborted
