@@ -6,6 +6,8 @@ choose the upstream, or answer locally, but not buffer a body.
 
 from __future__ import annotations
 
+from .hosts import format_authority
+
 
 class Request:
     """The request as it will be sent upstream (headers already free of hop-by-hop ones)."""
@@ -33,9 +35,7 @@ class Request:
     @property
     def url(self) -> str:
         """The absolute URL, for logs."""
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        netloc = host if self.port == default else f"{host}:{self.port}"
+        netloc = format_authority(self.host, self.port, 443 if self.scheme == "https" else 80)
         return f"{self.scheme}://{netloc}{self.path.decode('latin-1')}"
 
 

@@ -16,13 +16,16 @@ from twisted.internet import defer, endpoints
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
-from . import process
+from . import process, tls
 from .addons.accesslog import AccessLog
-from .addons.chain import HookChain
+from .addons.capage import CAPage
+from .addons.chain import AddonError, HookChain, load_addons
 from .config import Config
+from .hosts import HostPatterns
 from .logs import StdoutObserver
+from .proxy.context import ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
-from .proxy.session import ProxyContext
+from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
 
 _log = Logger(namespace="interceptor")
@@ -87,35 +90,36 @@ class ProxyService(Service):
             "open files limit: soft {old} -> {new} (hard {hard})", old=old, new=new, hard=hard
         )
         hooks = HookChain()
-        tls = self._start_tls(hooks)
+        self._start_tls(hooks)
         for addon in self.addons:
             hooks.add(addon)
         if cfg.log.access:
             hooks.add(AccessLog(self.reactor))
         self.pool = pool = Pool(
-            self.reactor,
-            self.reactor,
-            self.counters,
-            self.registry,
+            reactor=self.reactor,
+            clock=self.reactor,
+            counters=self.counters,
+            registry=self.registry,
             size=cfg.upstream.pool_size,
             idle_timeout=cfg.upstream.pool_idle_timeout,
             connect_timeout=cfg.proxy.connect_timeout,
             hosts=cfg.upstream.hosts,
-            tls_creator=tls["creator"],
+            tls_creator=self.upstream_tls.creator_for,
             read_timeout=cfg.upstream.read_timeout,
         )
+        passthrough = HostPatterns(cfg.tls.passthrough)
         self.ctx = ProxyContext(
-            self.reactor,
-            self.counters,
-            pool,
-            hooks,
+            clock=self.reactor,
+            counters=self.counters,
+            pool=pool,
+            hooks=hooks,
             idle_timeout=cfg.proxy.idle_timeout,
             header_timeout=cfg.proxy.header_timeout,
             half_close_timeout=cfg.proxy.half_close_timeout,
-            intercept=tls["intercept"],
-            passthrough=tls["passthrough"],
+            intercept=self.minter.intercept,
+            passthrough=passthrough.matches if passthrough else None,
             tunnel_connect=self._tunnel_connect,
-            describe_tls_failure=tls["describe"],
+            describe_tls_failure=tls.describe_tls_failure,
         )
         factory = ProxyFactory(self.ctx, self.registry)
         for description in cfg.proxy.listen:
@@ -140,28 +144,17 @@ class ProxyService(Service):
             raise StartupError(f"cannot listen on {description}: {result[0].getErrorMessage()}")
         return result[0]
 
-    def _start_tls(self, hooks: HookChain) -> dict[str, Any]:
-        """CA, leaf minter, upstream verification, passthrough and the CA page."""
-        from . import tls
-        from .addons.capage import CAPage
-        from .hosts import HostPatterns
-
+    def _start_tls(self, hooks: HookChain) -> None:
+        """CA, leaf minter, upstream verification and the CA page."""
         cfg = self.config.tls
         self.prepare()
-        ca, upstream = self.ca, self.upstream_tls
+        ca = self.ca
         verb = "created" if ca.created else "loaded"
         _log.info("CA certificate {verb}: {path} (trust this file)", verb=verb, path=ca.cert_path)
         if not cfg.verify_upstream:
             _log.warn("verify_upstream = false: upstream certificates are NOT checked")
-        self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
+        self.minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
         hooks.add(CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)))
-        patterns = cfg.passthrough
-        return {
-            "creator": upstream.creator_for,
-            "intercept": lambda host, port: tls.InterceptContextFactory(minter, host),
-            "passthrough": HostPatterns(patterns).matches if patterns else None,
-            "describe": tls.describe_tls_failure,
-        }
 
     def prepare(self) -> None:
         """Load what can fail on the user's input: the CA, the trust store, the addons.
@@ -171,9 +164,6 @@ class ProxyService(Service):
         """
         if self.ca is not None:
             return
-        from . import tls
-        from .addons.chain import AddonError, load_addons
-
         try:
             self.addons = load_addons(self.config.hooks.addons)
         except AddonError as e:
@@ -189,9 +179,7 @@ class ProxyService(Service):
             raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
         self.ca = ca
 
-    def _tunnel_connect(self, host: str, port: int, session: Any) -> Any:
-        from .proxy.tunnel import connect_tunnel
-
+    def _tunnel_connect(self, host: str, port: int, owner: TunnelOwner) -> TunnelUpstream:
         cfg = self.config
         return connect_tunnel(
             self.reactor,
@@ -199,10 +187,9 @@ class ProxyService(Service):
             self.registry,
             cfg.upstream.hosts,
             cfg.proxy.connect_timeout,
-            cfg.proxy.half_close_timeout,
             host,
             port,
-            session,
+            owner,
         )
 
     def _start_admin(self) -> None:
@@ -232,17 +219,24 @@ class ProxyService(Service):
             [defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True
         )
         if ctx is not None:
-            deadline = self.reactor.seconds() + self.config.proxy.shutdown_timeout
-            # Idle keep-alive clients are closed now; busy ones get until the deadline.
+            # Idle keep-alive clients are closed now, busy ones once their exchange is done;
+            # what is still open at the deadline is cut.
             for s in list(ctx.sessions):
-                if s.flow is None and s.tunnel is None:
-                    s.client.close()
-            while any(s.flow is not None or s.tunnel is not None for s in ctx.sessions):
-                if self.reactor.seconds() >= deadline:
-                    break
-                await _sleep(self.reactor, 0.05)
+                s.drain()
+            closed: defer.Deferred[None] = defer.Deferred()
+
+            def all_closed() -> None:
+                if not closed.called:  # the deadline may have come first
+                    closed.callback(None)
+
+            ctx.when_closed(all_closed)
+            closed.addTimeout(self.config.proxy.shutdown_timeout, self.reactor)
+            try:
+                await closed
+            except defer.TimeoutError:
+                pass
             for s in list(ctx.sessions):
-                s.client.abort("shutdown")
+                s.shutdown()
         if self.pool is not None:
             self.pool.close_all()
         for p in self.admin_ports:
@@ -251,9 +245,3 @@ class ProxyService(Service):
         # drained stop is a success, and orchestrators read anything else as a crash.
         if hasattr(self.reactor, "_exitSignal"):
             self.reactor._exitSignal = None
-
-
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

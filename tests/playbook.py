@@ -69,9 +69,9 @@ from twisted.python.failure import Failure
 
 from interceptor.addons.chain import HookChain
 from interceptor.process import Counters
+from interceptor.proxy.context import ProxyContext
 from interceptor.proxy.downstream import ClientConnection
-from interceptor.proxy.session import ProxyContext
-from interceptor.proxy.session import _split_authority as split_authority
+from interceptor.proxy.targets import split_authority
 from interceptor.proxy.upstream import Pool
 
 __all__ = [

@@ -5,20 +5,61 @@ from __future__ import annotations
 import pytest
 
 from interceptor.proxy import http1
-from interceptor.proxy.http1 import (
-    BODY,
+from interceptor.proxy.events import (
     CHUNKED,
-    END,
-    ERROR,
-    HEAD,
-    INFO,
     LENGTH,
     NO_BODY,
-    TUNNEL,
     UNTIL_CLOSE,
-    RequestReader,
-    ResponseReader,
+    Body,
+    EndOfMessage,
+    Interim,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    TunnelData,
+    Upgraded,
 )
+from interceptor.proxy.http1 import RequestReader, ResponseReader
+
+# Events are typed objects; the assertions read them as (kind, payload).
+HEAD, BODY, END, TUNNEL, ERROR, INFO, UPGRADED = (
+    "head",
+    "body",
+    "end",
+    "tunnel",
+    "error",
+    "info",
+    "upgraded",
+)
+_KINDS = {
+    RequestHead: HEAD,
+    ResponseHead: HEAD,
+    Body: BODY,
+    EndOfMessage: END,
+    TunnelData: TUNNEL,
+    ProtocolError: ERROR,
+    Interim: INFO,
+    Upgraded: UPGRADED,
+}
+
+
+def kind(event) -> str:
+    return _KINDS[type(event)]
+
+
+def payload(event):
+    """What the old tuple carried: the head, the bytes, the error (None for END)."""
+    if isinstance(event, Body | TunnelData):
+        return event.data
+    if isinstance(event, Interim | Upgraded):
+        return event.head
+    if isinstance(event, EndOfMessage):
+        return None
+    return event
+
+
+def pairs(events):
+    return [(kind(e), payload(e)) for e in events]
 
 
 def read_request(data: bytes) -> list:
@@ -28,13 +69,13 @@ def read_request(data: bytes) -> list:
 
 
 def kinds(events):
-    return [k for k, _ in events]
+    return [kind(e) for e in events]
 
 
 def test_simple_request_events():
     ev = read_request(b"GET http://a.example/x?y=1 HTTP/1.1\r\nHost: a.example\r\n\r\n")
     assert kinds(ev) == [HEAD, END]
-    head = ev[0][1]
+    head = payload(ev[0])
     assert head.method == b"GET"
     assert head.target == b"http://a.example/x?y=1"
     assert head.version == "1.1"
@@ -48,8 +89,8 @@ def test_body_in_pieces_and_pipelining():
     r.feed(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe")
     r.feed(b"lloGET http://b/ HTTP/1.1\r\nHost: b\r\n\r\n")
     assert kinds(r.events) == [HEAD, BODY, BODY, END, HEAD, END]
-    assert r.events[0][1].framing == LENGTH and r.events[0][1].length == 5
-    assert b"".join(p for k, p in r.events if k == BODY) == b"hello"
+    assert payload(r.events[0]).framing == LENGTH
+    assert b"".join(p for k, p in pairs(r.events) if k == BODY) == b"hello"
 
 
 def test_chunked_request_is_dechunked():
@@ -57,9 +98,9 @@ def test_chunked_request_is_dechunked():
         b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     )
-    assert ev[0][1].framing == CHUNKED
-    assert b"".join(p for k, p in ev if k == BODY) == b"abcde"
-    assert ev[-1][0] == END
+    assert payload(ev[0]).framing == CHUNKED
+    assert b"".join(p for k, p in pairs(ev) if k == BODY) == b"abcde"
+    assert kind(ev[-1]) == END
 
 
 @pytest.mark.parametrize(
@@ -85,9 +126,9 @@ def test_chunked_request_is_dechunked():
 def test_refused_requests(raw, status):
     ev = read_request(raw)
     assert HEAD not in kinds(ev)
-    assert ev[-1][0] == ERROR
-    assert ev[-1][1].status == status
-    assert "\n" not in ev[-1][1].reason
+    assert kind(ev[-1]) == ERROR
+    assert payload(ev[-1]).status == status
+    assert "\n" not in payload(ev[-1]).reason
 
 
 def test_head_that_never_ends_is_bounded():
@@ -97,14 +138,14 @@ def test_head_that_never_ends_is_bounded():
         r.feed(b"a" * 4096)
         if r.closed:
             break
-    assert r.events and r.events[-1][0] == ERROR and r.events[-1][1].status == 431
+    assert r.events and kind(r.events[-1]) == ERROR and payload(r.events[-1]).status == 431
 
 
 def test_connect_yields_tunnel_bytes():
     ev = read_request(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n\x16\x03\x01")
     assert kinds(ev) == [HEAD, END, TUNNEL]
-    assert ev[0][1].method == b"CONNECT"
-    assert ev[2][1] == b"\x16\x03\x01"
+    assert payload(ev[0]).method == b"CONNECT"
+    assert payload(ev[2]) == b"\x16\x03\x01"
 
 
 def test_no_reads_after_non_persistent_request():
@@ -125,18 +166,18 @@ def read_response(data: bytes, head_only: bool = False) -> ResponseReader:
 def test_response_framings():
     r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
     assert kinds(r.events) == [HEAD, BODY, END]
-    assert r.events[0][1].framing == LENGTH and r.events[0][1].keep_alive
+    assert payload(r.events[0]).framing == LENGTH and payload(r.events[0]).keep_alive
     r = read_response(b"HTTP/1.1 200 OK\r\n\r\nhello")
     assert kinds(r.events) == [HEAD, BODY]
-    assert r.events[0][1].framing == UNTIL_CLOSE and not r.events[0][1].keep_alive
+    assert payload(r.events[0]).framing == UNTIL_CLOSE and not payload(r.events[0]).keep_alive
     r = read_response(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert kinds(r.events) == [HEAD, END] and r.events[0][1].framing == NO_BODY
+    assert kinds(r.events) == [HEAD, END] and payload(r.events[0]).framing == NO_BODY
 
 
 def test_interim_response_then_final():
     r = read_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert kinds(r.events) == [INFO, HEAD, END]
-    assert r.events[0][1].status == 100
+    assert payload(r.events[0]).status == 100
 
 
 @pytest.mark.parametrize("status", [100, 102, 103, 150, 199])
@@ -149,28 +190,28 @@ def test_interim_response_with_body_framing_is_an_error(status, framing):
     forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
     r = read_response(b"HTTP/1.1 %d Evil\r\n%s\r\n" % (status, framing) + forged)
     assert kinds(r.events) == [ERROR]
-    assert r.events[0][1].status == 502
-    assert r.events[0][1].reason == f"upstream sent a {status} response with a body"
+    assert payload(r.events[0]).status == 502
+    assert payload(r.events[0]).reason == f"upstream sent a {status} response with a body"
 
 
 def test_interim_response_without_framing_is_interim():
     r = read_response(b"HTTP/1.1 150 Odd\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert kinds(r.events) == [INFO, HEAD, END]
-    assert r.events[0][1].status == 150
+    assert payload(r.events[0]).status == 150
 
 
 @pytest.mark.parametrize("status", [b"000", b"099", b"600", b"999"])
 def test_status_outside_100_599_is_an_error(status):
     r = read_response(b"HTTP/1.1 " + status + b" Zero\r\nContent-Length: 0\r\n\r\n")
     assert kinds(r.events) == [ERROR]
-    assert r.events[0][1].status == 502
-    assert r.events[0][1].reason == f"upstream sent invalid status {status.decode()}"
+    assert payload(r.events[0]).status == 502
+    assert payload(r.events[0]).reason == f"upstream sent invalid status {status.decode()}"
 
 
 def test_head_response_has_no_body_and_parser_is_reusable():
     r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", head_only=True)
     assert kinds(r.events) == [HEAD, END]
-    assert r.events[0][1].framing == NO_BODY
+    assert payload(r.events[0]).framing == NO_BODY
     r.events = []
     r.expect(False)
     r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -185,7 +226,7 @@ def test_bytes_after_head_response_are_spurious():
 
 def test_garbage_response_is_an_error():
     r = read_response(b"SMTP ready\r\n")
-    assert r.events[-1][0] == ERROR and r.events[-1][1].status == 502
+    assert kind(r.events[-1]) == ERROR and payload(r.events[-1]).status == 502
 
 
 def test_strip_hop_by_hop_includes_connection_tokens():
@@ -202,11 +243,11 @@ def test_strip_hop_by_hop_includes_connection_tokens():
 
 
 def test_serialisation_round_trips_through_the_parser():
-    raw = http1.serialize_request(b"PUT", b"/x", [(b"Host", b"a"), (b"Content-Length", b"3")])
+    raw = http1.request_head(b"PUT", b"/x", [(b"Host", b"a"), (b"Content-Length", b"3")])
     ev = read_request(raw + b"abc")
     assert kinds(ev) == [HEAD, BODY, END]
-    assert http1.chunk(b"hello") == b"5\r\nhello\r\n"
-    resp = http1.simple_response(502, "Bad Gateway", "upstream refused", close=True)
+    assert http1.body_piece(b"hello", CHUNKED) == b"5\r\nhello\r\n"
+    resp = http1.local_response(502, http1.TEXT, http1.text_body("upstream refused"), close=True)
     r = read_response(resp)
-    assert r.events[0][1].status == 502
-    assert b"".join(p for k, p in r.events if k == BODY) == b"upstream refused\n"
+    assert payload(r.events[0]).status == 502
+    assert b"".join(p for k, p in pairs(r.events) if k == BODY) == b"upstream refused\n"

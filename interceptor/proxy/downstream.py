@@ -7,16 +7,21 @@ HTTP exchange the lifecycle table decides what a FIN means.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IOpenSSLContextFactory,
+)
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..process import SocketRegistry
+from .context import ProxyContext
 from .leg import BufferSignal, Leg
 from .lifecycle import Ending, Side
-from .session import ProxyContext, Session
+from .session import Session
 
 
 @implementer(IHalfCloseableProtocol)
@@ -25,21 +30,20 @@ class ClientConnection(Leg):
 
     side = Side.CLIENT
 
-    def __init__(self, ctx: ProxyContext, registry: Any = None) -> None:
+    def __init__(self, ctx: ProxyContext, registry: SocketRegistry | None = None) -> None:
         super().__init__(ctx.clock, ctx.counters, registry)
         self.ctx = ctx
         self.peer = "-"
-        self.session: Session = None  # type: ignore[assignment]
+        self.session = Session(ctx, self)
         self._last = 0.0
         self._head_started = 0.0
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
         self.peer = f"{host}:{peer.port}" if host is not None else "unix"
-        self.session = Session(self.ctx, self)
         self.transport.registerProducer(self._buffer_signal(), True)
         clock = self.clock
         self._last = clock.seconds()
@@ -64,22 +68,16 @@ class ClientConnection(Leg):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         ending = self.ending_of(reason)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self.session is not None:
-            self.session.client_lost(ending)
+        self.session.client_lost(ending)
 
     # -- what the session calls --------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Send bytes to the client."""
-        if self.ended is None:
-            self.transport.write(data)
-
-    def start_tls(self, factory: Any, leftover: bytes) -> None:
+    def start_tls(self, factory: IOpenSSLContextFactory, leftover: bytes) -> None:
         """Terminate the client's TLS here; `leftover` are bytes already read past CONNECT."""
         transport = self.transport
         transport.unregisterProducer()
@@ -103,7 +101,7 @@ class ClientConnection(Leg):
         ctx = self.ctx
         session = self.session
         now = self.clock.seconds()
-        if session.tunnel is not None or session.flow is not None:
+        if session.busy:
             deadline = now + ctx.idle_timeout  # not idle: the exchange or tunnel has its own
         elif session.head_pending:
             deadline = self._head_started + ctx.header_timeout
@@ -120,9 +118,9 @@ class ProxyFactory(Factory):
 
     noisy = False
 
-    def __init__(self, ctx: ProxyContext, registry: Any = None) -> None:
+    def __init__(self, ctx: ProxyContext, registry: SocketRegistry | None = None) -> None:
         self.ctx = ctx
         self.registry = registry
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
+    def buildProtocol(self, addr: IAddress) -> ClientConnection:
         return ClientConnection(self.ctx, self.registry)

@@ -1,36 +1,40 @@
-"""HTTP/1.1 framing in both directions, through llhttp (httptools). No I/O.
+"""HTTP/1.1 in both directions through llhttp (httptools): readers and the writer. No I/O.
 
-Readers turn bytes into a flat list of events that the session consumes at its own pace, which is
-what lets a client pipeline requests while we are still answering the first one. Writers turn heads
-back into bytes. Everything the parser accepts but a proxy must not (unknown transfer codings,
-versions other than 1.0/1.1, oversized heads) is rejected here, so the session only ever sees
-messages whose framing we and the upstream agree on.
+Readers turn bytes into a flat list of typed events (`events`) that the session consumes at its
+own pace, which is what lets a client pipeline requests while we are still answering the first
+one. Everything the parser accepts but a proxy must not (unknown transfer codings, versions other
+than 1.0/1.1, oversized heads, a 1xx with a body) is refused here, so the session only ever sees
+messages whose framing we and the upstream agree on. The writer turns heads and body pieces back
+into bytes, so no other module formats HTTP.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import httptools
 
+from .events import (
+    CHUNKED,
+    END,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Body,
+    Framing,
+    Headers,
+    Interim,
+    ProtocolError,
+    RequestEvent,
+    RequestHead,
+    ResponseEvent,
+    ResponseHead,
+    TunnelData,
+    Upgraded,
+)
+
 MAX_HEAD = 64 * 1024
-
-# Event kinds. Events are (kind, payload) tuples: cheap to make, cheap to dispatch on.
-HEAD = 0  # payload: RequestHead / ResponseHead
-BODY = 1  # payload: bytes (already de-chunked)
-END = 2  # payload: None
-TUNNEL = 3  # payload: bytes after a CONNECT/Upgrade head (maybe a pipelined TLS ClientHello)
-ERROR = 4  # payload: ProtocolError
-INFO = 5  # payload: ResponseHead of a 1xx interim response
-UPGRADED = 6  # payload: ResponseHead of a 101 Switching Protocols (then TUNNEL with the rest)
-
-Event = tuple[int, Any]
-
-# Framing of a message body.
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
-UNTIL_CLOSE = 3
 
 HOP_BY_HOP = frozenset(
     {
@@ -47,84 +51,14 @@ HOP_BY_HOP = frozenset(
 )
 
 
-class ProtocolError(Exception):
-    """A message we refuse, with the status to answer and a one-line reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-
-
-class RequestHead:
-    """A parsed request head, as the parser saw it (headers in order, names as sent)."""
-
-    __slots__ = (
-        "method",
-        "target",
-        "version",
-        "headers",
-        "keep_alive",
-        "framing",
-        "length",
-        "upgrade",
-    )
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        framing: int,
-        length: int,
-        upgrade: bytes = b"",
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.framing = framing
-        self.length = length
-        # The Upgrade header's value when llhttp saw a valid upgrade request (Connection:
-        # upgrade); the connection then switches protocols if the origin answers 101.
-        self.upgrade = upgrade
-
-
-class ResponseHead:
-    """A parsed response head."""
-
-    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "framing", "length")
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        framing: int,
-        length: int,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.framing = framing
-        self.length = length
-
-
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, bool]:
-    """(framing, content length, has Transfer-Encoding) from headers llhttp already validated."""
-    length = -1
+def _framing(headers: Headers) -> Framing:
+    """The body framing of headers llhttp already validated (one Content-Length at most)."""
+    length = False
     chunked = False
     for name, value in headers:
         lname = name.lower()
         if lname == b"content-length":
-            length = int(value)
+            length = True
         elif lname == b"transfer-encoding":
             # llhttp accepts any coding list ending in chunked; we forward bodies de-chunked, so a
             # coding we would have to pass through untouched (gzip, chunked) cannot be honoured.
@@ -132,10 +66,8 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, bool]:
                 raise ProtocolError(400, "unsupported Transfer-Encoding")
             chunked = True
     if chunked:
-        return CHUNKED, -1, True
-    if length >= 0:
-        return LENGTH, length, False
-    return NO_BODY, -1, False
+        return CHUNKED
+    return LENGTH if length else NO_BODY
 
 
 class _Reader:
@@ -144,8 +76,7 @@ class _Reader:
     _too_big = ProtocolError(431, "request head larger than 64 KiB")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: Headers = []
         self._head_size = 0
         # A head has begun and not finished (the client's header timeout applies meanwhile).
         self.in_head = False
@@ -164,9 +95,6 @@ class _Reader:
             self._error = self._too_big
             raise self._error
         self._headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append((BODY, body))
 
     def _feed(self, parser: Any, data: bytes) -> None:
         # llhttp keeps no limit of its own on a head that never ends; count the bytes fed while a
@@ -187,6 +115,7 @@ class RequestReader(_Reader):
 
     def __init__(self) -> None:
         super().__init__()
+        self.events: list[RequestEvent] = []
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self.closed = False  # no more requests will be read (close, error, tunnel)
@@ -210,31 +139,30 @@ class RequestReader(_Reader):
             self._error = ProtocolError(505, f"HTTP/{version} is not supported")
             raise self._error
         try:
-            framing, length, _ = _framing(self._headers)
+            framing = _framing(self._headers)
         except ProtocolError as e:
             self._error = e
             raise
         self.events.append(
-            (
-                HEAD,
-                RequestHead(
-                    parser.get_method(),
-                    self._url,
-                    version,
-                    self._headers,
-                    parser.should_keep_alive(),
-                    framing,
-                    length,
-                    upgrade_value(self._headers) if parser.should_upgrade() else b"",
-                ),
+            RequestHead(
+                parser.get_method(),
+                self._url,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                framing,
+                upgrade_value(self._headers) if parser.should_upgrade() else b"",
             )
         )
 
+    def on_body(self, body: bytes) -> None:
+        self.events.append(Body(body))
+
     def on_message_complete(self) -> None:
-        self.events.append((END, None))
+        self.events.append(END)
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`, appending events; a refused message ends in one ERROR event."""
+        """Parse `data`, appending events; a refused message ends in one ProtocolError."""
         if self.closed:
             return
         try:
@@ -243,22 +171,21 @@ class RequestReader(_Reader):
             # CONNECT, or an Upgrade request: what follows the head is not HTTP (or not yet:
             # an origin may still refuse the upgrade, and then this connection closes).
             self.closed = True
-            self.events.append((TUNNEL, data[upgrade.args[0] :]))
+            self.events.append(TunnelData(data[upgrade.args[0] :]))
         except ProtocolError as e:
             self._fail(e)
         except httptools.HttpParserError as e:
             self._fail(self._error or _parser_error(e))
         else:
-            last = self.events[-1] if self.events else None
-            if last is not None and last[0] == END and not self._parser.should_keep_alive():
+            if self.events and self.events[-1] is END and not self._parser.should_keep_alive():
                 self.closed = True  # llhttp refuses data after a non-persistent message anyway
 
     def _fail(self, error: ProtocolError) -> None:
         self.closed = True
-        self.events.append((ERROR, error))
+        self.events.append(error)
 
 
-def upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
+def upgrade_value(headers: Headers) -> bytes:
     """The Upgrade header's value (b"" if there is none)."""
     for name, value in headers:
         if name.lower() == b"upgrade":
@@ -281,6 +208,7 @@ class ResponseReader(_Reader):
 
     def __init__(self) -> None:
         super().__init__()
+        self.events: list[ResponseEvent] = []
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self.head_only = False  # the request was HEAD: llhttp cannot be told, so we cut it short
@@ -308,75 +236,67 @@ class ResponseReader(_Reader):
             self._error = ProtocolError(502, f"upstream sent invalid status {status:03d}")
             raise self._error
         try:
-            framing, length, has_te = _framing(self._headers)
+            framing = _framing(self._headers)
         except ProtocolError:
             self._error = ProtocolError(502, "upstream sent an unsupported Transfer-Encoding")
             raise self._error from None
-        if status < 200 and status != 101 and framing != NO_BODY:
+        if status < 200 and status != 101 and framing is not NO_BODY:
             # A 1xx never has a body (RFC 9110 15.2), yet llhttp reads one when the head frames
             # it: relayed raw, that body would be read by the client as the next response
             # (response splitting). Refused before a byte of it is parsed.
             self._error = ProtocolError(502, f"upstream sent a {status} response with a body")
             raise self._error
         if status < 200:
-            kind = UPGRADED if status == 101 else INFO
-            self.events.append(
-                (kind, ResponseHead(status, self._reason, version, self._headers, True, 0, -1))
-            )
+            head = ResponseHead(status, self._reason, version, self._headers, True, NO_BODY)
+            self.events.append(Upgraded(head) if status == 101 else Interim(head))
             return
         if self.head_only or status in (204, 304):
             framing = NO_BODY
-        elif framing == NO_BODY:
+        elif framing is NO_BODY:
             framing = UNTIL_CLOSE
         self.head_done = True
+        keep_alive = parser.should_keep_alive() and framing is not UNTIL_CLOSE
         self.events.append(
-            (
-                HEAD,
-                ResponseHead(
-                    status,
-                    self._reason,
-                    version,
-                    self._headers,
-                    parser.should_keep_alive() and framing != UNTIL_CLOSE,
-                    framing,
-                    length,
-                ),
-            )
+            ResponseHead(status, self._reason, version, self._headers, keep_alive, framing)
         )
         if self.head_only:
-            self.events.append((END, None))
+            self.events.append(END)
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:
             self.spurious = True
             return
-        self.events.append((BODY, body))
+        self.events.append(Body(body))
 
     def on_message_complete(self) -> None:
         if self.head_only:
             return
         if self.head_done:
-            self.events.append((END, None))
+            self.events.append(END)
 
     def feed(self, data: bytes) -> None:
-        """Parse upstream bytes, appending events; garbage ends in one ERROR event."""
+        """Parse upstream bytes, appending events; garbage ends in one ProtocolError."""
         try:
             self._feed(self._parser, data)
         except httptools.HttpParserUpgrade as upgrade:
             # 101 Switching Protocols: the rest is the new protocol's, relayed opaquely.
-            self.events.append((TUNNEL, data[upgrade.args[0] :]))
+            self.events.append(TunnelData(data[upgrade.args[0] :]))
         except ProtocolError as e:
-            self.events.append((ERROR, e))
+            self.events.append(e)
         except httptools.HttpParserError as e:
-            err = self._error or ProtocolError(502, f"malformed upstream response: {e}")
-            self.events.append((ERROR, err))
+            self.events.append(
+                self._error or ProtocolError(502, f"malformed upstream response: {e}")
+            )
         if self.head_only and self.head_done:
             # llhttp may be waiting for a body that a HEAD response never has: start afresh.
             self._parser = httptools.HttpResponseParser(self)
             self.head_only = False
 
 
-def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+# -- the writer ------------------------------------------------------------------------------
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
     """Headers minus hop-by-hop ones, including those the Connection header names."""
     named: set[bytes] | None = None
     for name, value in headers:
@@ -393,7 +313,20 @@ def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return out
 
 
-def serialize_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+def forwarded_request_headers(head: RequestHead, authority: bytes) -> Headers:
+    """The headers a request goes upstream with: our Host first, no hop-by-hop ones."""
+    headers = [(b"Host", authority)]
+    for name, value in strip_hop_by_hop(head.headers):
+        if name.lower() != b"host":
+            headers.append((name, value))
+    if head.framing is CHUNKED:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if head.upgrade:
+        headers += [(b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+    return headers
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
     """An HTTP/1.1 request head."""
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
@@ -402,32 +335,87 @@ def serialize_request(method: bytes, target: bytes, headers: list[tuple[bytes, b
     return b"".join(parts)
 
 
-def serialize_response(
-    status: int, reason: bytes, headers: list[tuple[bytes, bytes]], version: bytes = b"HTTP/1.1"
-) -> bytes:
-    """A response head."""
-    parts = [version, b" %d " % status, reason, b"\r\n"]
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    """An HTTP/1.1 response head."""
+    parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
-def chunk(data: bytes) -> bytes:
-    """One chunk of chunked transfer coding."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
+def client_response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    framing: Framing,
+    http10: bool,
+    keep_alive: bool,
+) -> tuple[bytes, Framing, bool]:
+    """A response head for the client: (bytes, how its body is framed, still keep-alive).
+
+    Bodies whose end we only learn as it comes (chunked, close-delimited) are re-chunked for
+    HTTP/1.1 clients; HTTP/1.0 clients never get chunks, so for them the close ends the body.
+    """
+    out = framing
+    headers = list(headers)
+    if framing is CHUNKED or framing is UNTIL_CLOSE:
+        if http10:
+            out = UNTIL_CLOSE
+            keep_alive = False
+        else:
+            out = CHUNKED
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            headers.append((b"Transfer-Encoding", b"chunked"))
+    if not keep_alive:
+        headers.append((b"Connection", b"close"))
+    elif http10:
+        headers.append((b"Connection", b"keep-alive"))
+    return response_head(status, reason, headers), out, keep_alive
 
 
+def switching_protocols(head: ResponseHead) -> bytes:
+    """The 101 for the client, naming the protocol the origin switched to."""
+    headers = strip_hop_by_hop(head.headers)
+    headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade_value(head.headers))]
+    return response_head(101, head.reason, headers)
+
+
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def simple_response(status: int, reason: str, text: str, close: bool) -> bytes:
-    """A complete small plain-text response (our own errors and pages)."""
-    body = (text + "\n").encode("utf-8", "replace")
-    headers = [
-        (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", b"%d" % len(body)),
-    ]
+def body_piece(data: bytes, framing: Framing) -> bytes:
+    """`data` as it goes on the wire in `framing`."""
+    if framing is CHUNKED:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+    return data
+
+
+def body_end(framing: Framing) -> bytes:
+    """What ends a body in `framing` (the last chunk, or nothing)."""
+    return LAST_CHUNK if framing is CHUNKED else b""
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for `status` ("Status" for codes the registry lacks)."""
+    try:
+        return HTTPStatus(status).phrase.encode("latin-1")
+    except ValueError:
+        return b"Status"
+
+
+def local_response(status: int, content_type: bytes, body: bytes, close: bool) -> bytes:
+    """A complete response we make ourselves (errors, pages, answers from hooks)."""
+    headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body))]
     if close:
         headers.append((b"Connection", b"close"))
-    return serialize_response(status, reason.encode("latin-1"), headers) + body
+    return response_head(status, reason_phrase(status), headers) + body
+
+
+TEXT = b"text/plain; charset=utf-8"
+
+
+def text_body(text: str) -> bytes:
+    """A one-line plain-text body: our errors say why in exactly one line."""
+    return (text + "\n").encode("utf-8", "replace")

@@ -1,23 +1,24 @@
-"""One leg of a proxied pair: the transport mechanics every connection shares.
+"""One leg of a proxied pair, and THE executor of the lifecycle table.
 
-`lifecycle` decides what happens when a connection ends; this module is the only place that
-carries those decisions out on a transport: abort (RST now, with the reason recorded so the
-ending is classified as ours), orderly close (FIN once the buffer drains, with a timed abort
-behind it so a peer that never reads cannot hold us), and the bookkeeping of each ending.
+`lifecycle` decides what every ending does to both legs; `end` below looks that decision up and
+carries it out. It is the only code that aborts (RST now, with the reason recorded so the ending
+is classified as ours), closes (FIN once the buffer drains, with a timed abort behind it so a peer
+that never reads cannot hold us), truncates or half-closes a connection. A test walks the source
+tree and fails on any such call anywhere else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..process import Counters, SocketRegistry
-from .lifecycle import DRAIN_GRACE, Ending, Side, classify
+from .lifecycle import DRAIN_GRACE, Action, Ending, Phase, Side, classify, decide
 
 
 @implementer(IPushProducer)
@@ -42,7 +43,7 @@ class BufferSignal:
 
 
 class Leg(Protocol):
-    """Base for the client-side and upstream-side protocols."""
+    """Base for the client-side and upstream-side protocols: bookkeeping and mechanics."""
 
     side: Side = Side.CLIENT
 
@@ -54,15 +55,25 @@ class Leg(Protocol):
         self.registry = registry
         self.connected_ = False
         self.ended: Ending | None = None  # set once connectionLost has been handled
+        # The connect attempt while there is no transport yet: an abort then cancels it.
+        self.connecting: Deferred[object] | None = None
         self._aborted_for: Ending | None = None
         self._closed_for: Ending | None = None
-        self._drain_timer: Any = None
+        self._drain_timer: IDelayedCall | None = None
         self._fd = -1
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.connected_ = True
+        self.connecting = None
+        side = self.side.value
+        self.counters.open[side] += 1
+        self.counters.total[side] += 1
+        if self._aborted_for is not None:
+            # Aborted while the connect was under way and too late to cancel it.
+            self.transport.abortConnection()
+            return
         # Responses are written in pieces (head, then body); with Nagle on, a small last piece
         # waits ~40 ms for the peer's delayed ACK. TLS wrappers forward this to the socket.
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -71,9 +82,6 @@ class Leg(Protocol):
                 setTcpNoDelay(True)
             except OSError:
                 pass
-        side = self.side.value
-        self.counters.open[side] += 1
-        self.counters.total[side] += 1
         if self.registry is not None:
             handle = getattr(self.transport, "getHandle", None)
             sock = handle() if handle is not None else None
@@ -103,55 +111,15 @@ class Leg(Protocol):
             self._fd = -1
         return ending
 
-    # -- mechanics -------------------------------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        """Connected (or connecting) and not yet told to end."""
+        return self.ended is None and self._aborted_for is None and self._drain_timer is None
 
-    def abort(self, reason: str, ending: Ending = Ending.ABORTED) -> None:
-        """RST now. `reason` is counted; `ending` is how the loss will be classified."""
-        if self.ended is not None or self._aborted_for is not None or self.transport is None:
-            return
-        self._aborted_for = ending
-        self.counters.aborts[reason] += 1
-        self.transport.abortConnection()
-
-    def close(self, why: Ending | None = None) -> None:
-        """Orderly close once buffered bytes are written; aborted if that takes too long.
-
-        `why` (e.g. TIMED_OUT) is how the resulting clean ending is counted.
-        """
-        if self.ended is not None or self.transport is None or self._drain_timer is not None:
-            return
-        self._closed_for = why
-        # Twisted's TLS layer postpones its close_notify while a producer is registered, and
-        # ours stays registered for the connection's life: let go of it so the close happens.
-        try:
-            self.transport.unregisterProducer()
-        except RuntimeError:
-            pass  # none registered
-        self.transport.loseConnection()
-        self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
-
-    def truncate(self, reason: str, framed: bool) -> None:
-        """End a response that was cut short, visibly: never as a clean end of message.
-
-        `framed`: the client's framing (length or chunks) shows the body is incomplete, so the
-        bytes already relayed are flushed and then the connection closes. Otherwise only a reset
-        can say "incomplete", and buffered bytes are dropped with it.
-        """
-        if not framed:
-            self.abort(reason)
-            return
-        if self.ended is None and self._aborted_for is None:
-            self.counters.aborts[reason] += 1
-            self.close(Ending.ABORTED)
-
-    def _drain_expired(self) -> None:
-        self._drain_timer = None
-        self.abort("drain_timeout", Ending.TIMED_OUT)
-
-    def half_close(self) -> None:
-        """Send FIN, keep reading (tunnels only; TLS has no half-close)."""
+    def write(self, data: bytes) -> None:
+        """Send bytes (dropped once the connection has ended)."""
         if self.ended is None and self.transport is not None:
-            self.transport.loseWriteConnection()
+            self.transport.write(data)
 
     def pause_reading(self) -> None:
         """Stop reading from this socket (backpressure)."""
@@ -164,5 +132,116 @@ class Leg(Protocol):
             self.transport.resumeProducing()
 
     def sigpipe_abort(self) -> None:
-        """Called from the SIGPIPE handler (close mode) for a socket that hung up."""
-        self.abort("sigpipe_handler")
+        """Called from the SIGPIPE handler (close mode) for a socket whose write failed.
+
+        The socket is already broken; aborting only makes Twisted report it now, and the table
+        then decides, from that report, what happens to the peer.
+        """
+        self._abort("sigpipe_handler")
+
+    # -- mechanics: called by `end` alone ----------------------------------------------------
+
+    def _abort(self, reason: str, ending: Ending = Ending.ABORTED) -> None:
+        if self.ended is not None or self._aborted_for is not None:
+            return
+        self._aborted_for = ending
+        self.counters.aborts[reason] += 1
+        if self.transport is None:
+            if self.connecting is not None:
+                d, self.connecting = self.connecting, None
+                d.cancel()
+            return
+        self.transport.abortConnection()
+
+    def _close(self, why: Ending | None = None) -> None:
+        # `why` (e.g. TIMED_OUT) is how the resulting clean ending is counted.
+        if self.ended is not None or self._drain_timer is not None:
+            return
+        if self.transport is None:
+            self._abort(f"{self.side.value}_done")  # never connected: nothing to flush
+            return
+        self._closed_for = why
+        # Twisted's TLS layer postpones its close_notify while a producer is registered, and
+        # ours stays registered for the connection's life: let go of it so the close happens.
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # none registered
+        self.transport.loseConnection()
+        self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
+
+    def _truncate(self, reason: str, framed: bool) -> None:
+        # `framed`: the client's framing (length or chunks) shows the body is incomplete, so
+        # the bytes already relayed are flushed and then the connection closes. Otherwise only
+        # a reset can say "incomplete", and buffered bytes are dropped with it.
+        if not framed:
+            self._abort(reason)
+            return
+        if self.ended is None and self._aborted_for is None:
+            self.counters.aborts[reason] += 1
+            self._close(Ending.ABORTED)
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        self._abort("drain_timeout", Ending.TIMED_OUT)
+
+    def _half_close(self) -> None:
+        # Tunnels only; TLS has no half-close.
+        if self.ended is None and self.transport is not None:
+            self.transport.loseWriteConnection()
+
+
+def end(
+    side: Side,
+    ending: Ending,
+    phase: Phase,
+    this: Leg | None,
+    peer: Leg | None = None,
+    *,
+    framed: bool = True,
+) -> Action:
+    """`this` (the `side` leg) ended, or must end, as `ending` in `phase`: do what the table
+    says to both legs, and return the action for the owner's part (an answer, a retry...).
+
+    A leg already gone makes its part a no-op, so one row serves a trigger we found and the
+    report of the loss that follows it. `framed`: whether the client's framing can show a
+    truncated body (see Leg._truncate).
+    """
+    action = decide(side, ending, phase)
+    reason = f"{side.value}_{ending.value}"
+    kind = Ending.TIMED_OUT if ending is Ending.TIMED_OUT else Ending.ABORTED
+    if action is Action.CLOSE_SELF:
+        if this is not None:
+            this._close(Ending.TIMED_OUT if ending is Ending.TIMED_OUT else None)
+    elif action in _ABORTS_SELF:
+        if this is not None:
+            this._abort(reason, kind)
+        if peer is not None:
+            if action is Action.ABORT_BOTH:
+                peer._abort(reason, kind)
+            elif action is Action.TRUNCATE_PEER:
+                peer._truncate(reason, framed)
+    elif action is Action.ABORT_PEER:
+        if peer is not None:
+            peer._abort(reason, kind)
+    elif action is Action.CLOSE_PEER or action is Action.CLOSE_BOTH:
+        if peer is not None:
+            peer._close()
+        if this is not None and action is Action.CLOSE_BOTH:
+            this._close()
+    elif action is Action.RELAY_HALF_CLOSE:
+        if peer is not None:
+            peer._half_close()
+    return action
+
+
+# Actions that end the leg the ending came from with an abort (a no-op for a leg already gone).
+_ABORTS_SELF = frozenset(
+    {
+        Action.ABORT_SELF,
+        Action.ABORT_BOTH,
+        Action.RESPOND_502,
+        Action.RESPOND_504,
+        Action.TRUNCATE_PEER,
+    }
+)

@@ -1,13 +1,16 @@
-"""THE connection lifecycle policy: how each ending is classified and what it does to the peer.
+"""THE connection lifecycle policy: how each ending is classified and what it does to both legs.
 
-One table over (side that ended, how it ended, phase of the exchange) -> action. The session
-executes the action; nothing else in the code decides whether a peer is aborted, closed or sent an
-error. Pure: no I/O, no reactor.
+One table over (side that ended, how it ended, phase of the pair) -> action. `leg.end` looks the
+row up and carries it out; nothing else in the code decides whether a leg is aborted, closed or
+half-closed. Pure: no I/O, no reactor.
 
-Twisted tells us three things about an ending: a clean close (ConnectionDone), a non-clean loss
-(ConnectionLost: RST, EPIPE, ECONNRESET; the errno is not delivered) and our own abort
-(ConnectionAborted). TLS failures arrive as the connectionLost reason too. We keep that distinction
-(plus our own reasons for aborting) all the way to logs and metrics.
+An ending is either reported (Twisted tells us three things: a clean close, ConnectionDone; a
+non-clean loss, ConnectionLost, which covers RST, EPIPE and ECONNRESET; and our own abort,
+ConnectionAborted; TLS failures arrive as the connectionLost reason too), or found by us (the peer
+broke its framing, a timer expired, the exchange is done, the service shuts down). Both kinds are
+rows of the same table: a reported ending finds its own leg already gone, so what the row does to
+that leg is then a no-op, and the same row serves the trigger and the report that follows it. We
+keep the kind of ending all the way to logs and metrics.
 """
 
 from __future__ import annotations
@@ -27,14 +30,22 @@ class Side(Enum):
 
 
 class Ending(Enum):
-    """How a connection (or its read half) ended."""
+    """How a connection (or its read half, or its part in an exchange) ended."""
 
+    # Reported by Twisted.
     CLEAN = "clean"  # orderly close: FIN after a complete exchange, ConnectionDone
     HALF_CLOSED = "half_closed"  # FIN on the read side, write side still open
     RESET = "reset"  # RST, EPIPE, ECONNRESET: ConnectionLost
     ABORTED = "aborted"  # we aborted it (abortConnection) for a policy reason
-    TIMED_OUT = "timed_out"  # we aborted it because a timeout expired
+    TIMED_OUT = "timed_out"  # a timeout expired (idle, head, read, half-close bound)
     TLS_FAILED = "tls_failed"  # handshake or verification failure
+    # Found by us.
+    PROTOCOL_ERROR = "protocol_error"  # that side sent what we refuse (garbage, unasked 101...)
+    EARLY_RESPONSE = "early_response"  # upstream answered before the request body was read
+    STALE = "stale"  # a reused pooled connection was closed under us before any response
+    UNREACHABLE = "unreachable"  # the upstream connection could not be made
+    DONE = "done"  # nothing more will pass: not persistent, pool full or expired, tunnel over
+    SHUTDOWN = "shutdown"  # the service's drain deadline passed
 
 
 class Phase(Enum):
@@ -44,23 +55,27 @@ class Phase(Enum):
     REQUEST = "request"  # request accepted, no response head sent to the client yet
     RESPONSE = "response"  # response head sent, body framed by length or chunks
     RESPONSE_UNTIL_CLOSE = "response_until_close"  # response body ends when upstream closes
-    TUNNEL = "tunnel"  # opaque CONNECT relay
+    ANSWERED = "answered"  # the client has its whole response; its request body still arrives
+    TUNNEL = "tunnel"  # opaque relay (passthrough CONNECT, or after a 101)
 
 
 class Action(Enum):
-    """What the session does about an ending."""
+    """What happens to the two legs (and what the owner then does) for one ending."""
 
     NOTHING = "nothing"  # nobody else is involved
-    CLOSE_SELF = "close_self"  # close the side that ended (its FIN arrived), peer untouched
+    CLOSE_SELF = "close_self"  # orderly close of the leg that ended; peer untouched
+    ABORT_SELF = "abort_self"  # RST the leg that ended (its framing is in doubt); peer untouched
     ABORT_PEER = "abort_peer"  # RST the other leg at once: it must not linger or look complete
     CLOSE_PEER = "close_peer"  # orderly close of the other leg, with a timed abort behind it
-    ABORT_BOTH = "abort_both"  # half-close in an HTTP exchange: the client is gone (nginx's 499)
+    ABORT_BOTH = "abort_both"  # e.g. half-close in an HTTP exchange: the client is gone (499)
+    CLOSE_BOTH = "close_both"  # a tunnel whose both directions ended: close both legs
     RESPOND_502 = "respond_502"  # upstream failed before any response head: tell the client why
     RESPOND_504 = "respond_504"  # upstream timed out before any response head
     TRUNCATE_PEER = "truncate_peer"  # client: flush what was relayed, then end so the framing
     #                                  shows the body is short (RST if only a close could show it)
     FINISH_RESPONSE = "finish_response"  # upstream's clean close is the end of the body
     RELAY_HALF_CLOSE = "relay_half_close"  # tunnel: pass the FIN on, keep the other direction
+    RETRY = "retry"  # a stale pooled connection: send the request once more on a fresh one
 
 
 C, U = Side.CLIENT, Side.UPSTREAM
@@ -68,39 +83,76 @@ E = Ending
 P = Phase
 A = Action
 
-_HTTP_PHASES = (P.REQUEST, P.RESPONSE, P.RESPONSE_UNTIL_CLOSE)
-_BROKEN = (E.RESET, E.ABORTED, E.TIMED_OUT, E.TLS_FAILED)
+_HTTP_PHASES = (P.REQUEST, P.RESPONSE, P.RESPONSE_UNTIL_CLOSE, P.ANSWERED)
+
+
+def _client(ending: Ending, phase: Phase) -> Action:
+    if phase is P.IDLE:
+        if ending in (E.HALF_CLOSED, E.TIMED_OUT, E.DONE, E.PROTOCOL_ERROR):
+            return A.CLOSE_SELF  # idle or slow-head timeout, not persistent, refused: FIN
+        return A.ABORT_SELF if ending is E.SHUTDOWN else A.NOTHING
+    if phase is P.TUNNEL:
+        return _tunnel(ending)
+    # A client that goes away mid-exchange, however it went, takes its upstream with it at
+    # once: loseConnection toward an upstream still sending would wait on a full buffer. A FIN
+    # means the client is gone too (as nginx's 499): nothing it could still read is worth it.
+    if ending in (E.HALF_CLOSED, E.SHUTDOWN, E.DONE):
+        return A.ABORT_BOTH
+    if ending is E.PROTOCOL_ERROR:
+        # A broken request body: answered with a 400 if nothing was sent back yet (the owner
+        # does that, then ends the connection as DONE); cut if the response had begun.
+        return A.ABORT_PEER if phase is P.REQUEST else A.ABORT_BOTH
+    return A.ABORT_PEER
+
+
+def _upstream(ending: Ending, phase: Phase) -> Action:
+    if phase is P.IDLE:
+        # Pooled (or already let go): nothing is in flight, the client is not involved.
+        if ending is E.PROTOCOL_ERROR:
+            return A.ABORT_SELF  # a spurious byte: its framing and ours disagree
+        if ending in (E.DONE, E.SHUTDOWN):
+            return A.CLOSE_SELF
+        return A.NOTHING
+    if phase is P.TUNNEL:
+        return _tunnel(ending)
+    if phase is P.REQUEST:
+        # Gone before anything was sent back: the client gets a status naming why, unless a
+        # pooled connection went stale under us, which a fresh one may still answer.
+        if ending is E.STALE:
+            return A.RETRY
+        return A.RESPOND_504 if ending is E.TIMED_OUT else A.RESPOND_502
+    if phase is P.ANSWERED:
+        # It already answered: whatever it does now, its framing is in doubt and it goes.
+        return A.ABORT_SELF
+    # Gone mid-body: the client must see truncation, never a clean end. What was already
+    # relayed is still delivered, so the client can tell a short body from nothing. A
+    # close-delimited body ends exactly when the upstream closes cleanly (or half-closes).
+    if phase is P.RESPONSE_UNTIL_CLOSE and ending in (E.CLEAN, E.HALF_CLOSED):
+        return A.FINISH_RESPONSE
+    return A.TRUNCATE_PEER
+
+
+def _tunnel(ending: Ending) -> Action:
+    # A FIN is relayed; a clean full close closes the peer in order; both directions over
+    # closes both; the half-close bound or a shutdown aborts both; a broken leg breaks the other.
+    if ending is E.HALF_CLOSED:
+        return A.RELAY_HALF_CLOSE
+    if ending is E.CLEAN:
+        return A.CLOSE_PEER
+    if ending is E.DONE:
+        return A.CLOSE_BOTH
+    if ending in (E.TIMED_OUT, E.SHUTDOWN):
+        return A.ABORT_BOTH
+    return A.ABORT_PEER
 
 
 def _build_table() -> dict[tuple[Side, Ending, Phase], Action]:
-    t: dict[tuple[Side, Ending, Phase], Action] = {}
-    for ending in Ending:
-        # Nothing in flight: the other leg (if any) is pooled or absent and unaffected.
-        t[C, ending, P.IDLE] = A.CLOSE_SELF if ending is E.HALF_CLOSED else A.NOTHING
-        t[U, ending, P.IDLE] = A.NOTHING
-        # A client that goes away mid-exchange, however it went, takes its upstream with it at
-        # once: loseConnection toward an upstream still sending would wait on a full buffer.
-        for phase in _HTTP_PHASES:
-            t[C, ending, phase] = A.ABORT_BOTH if ending is E.HALF_CLOSED else A.ABORT_PEER
-        # Upstream gone before anything was sent back: the client gets a status naming why.
-        t[U, ending, P.REQUEST] = A.RESPOND_504 if ending is E.TIMED_OUT else A.RESPOND_502
-        # Upstream gone mid-body: the client must see truncation, never a clean end. What was
-        # already relayed is still delivered, so the client can tell a short body from nothing.
-        t[U, ending, P.RESPONSE] = A.TRUNCATE_PEER
-        t[U, ending, P.RESPONSE_UNTIL_CLOSE] = A.TRUNCATE_PEER
-        # Tunnels: a FIN is relayed; a clean full close closes the peer in order; a broken leg
-        # breaks the other.
-        for side in Side:
-            if ending is E.HALF_CLOSED:
-                t[side, ending, P.TUNNEL] = A.RELAY_HALF_CLOSE
-            elif ending is E.CLEAN:
-                t[side, ending, P.TUNNEL] = A.CLOSE_PEER
-            else:
-                t[side, ending, P.TUNNEL] = A.ABORT_PEER
-    # A close-delimited body ends exactly when the upstream closes cleanly (or half-closes).
-    t[U, E.CLEAN, P.RESPONSE_UNTIL_CLOSE] = A.FINISH_RESPONSE
-    t[U, E.HALF_CLOSED, P.RESPONSE_UNTIL_CLOSE] = A.FINISH_RESPONSE
-    return t
+    return {
+        (side, ending, phase): (_client if side is C else _upstream)(ending, phase)
+        for side in Side
+        for ending in Ending
+        for phase in Phase
+    }
 
 
 TABLE: dict[tuple[Side, Ending, Phase], Action] = _build_table()
@@ -128,14 +180,32 @@ def classify(reason: Failure, aborted_for: Ending | None = None) -> Ending:
 
 def _is_tls_failure(reason: Failure) -> bool:
     from OpenSSL import SSL
+    from service_identity import VerificationError
 
-    if reason.check(SSL.Error):
-        return True
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover - service-identity is a dependency
-        return False
-    return reason.check(VerificationError) is not None
+    return reason.check(SSL.Error, VerificationError) is not None
+
+
+def stale_reuse(
+    ending: Ending,
+    head_seen: bool,
+    requests_on_connection: int,
+    retried: bool,
+    body: bool,
+    method: str,
+) -> bool:
+    """A pooled connection the origin closed as we reused it, for a request that is safe to
+    send again: the origin never saw it, so it ended as STALE (one more try on a fresh one)."""
+    return (
+        ending in (Ending.CLEAN, Ending.RESET)
+        and not head_seen
+        and requests_on_connection > 1
+        and not retried
+        and not body
+        and method in _IDEMPOTENT
+    )
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def connect_failure(reason: Failure) -> tuple[int, str]:
@@ -156,5 +226,9 @@ def connect_failure(reason: Failure) -> tuple[int, str]:
     return 502, f"upstream connect failed: {reason.getErrorMessage()}"
 
 
-# Bounds the session uses when it acts on the table.
-DRAIN_GRACE = 5.0  # seconds a CLOSE_PEER may take to flush before it becomes an abort
+def connect_ending(status: int) -> Ending:
+    """The ending of a connect that failed with `status` (from connect_failure)."""
+    return Ending.TIMED_OUT if status == 504 else Ending.UNREACHABLE
+
+
+DRAIN_GRACE = 5.0  # seconds a close may take to flush before it becomes an abort

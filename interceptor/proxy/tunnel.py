@@ -1,48 +1,44 @@
 """Opaque relays: passthrough CONNECTs, and connections switched by a 101 (WebSocket...).
 
-Bytes both ways, half-close relayed and bounded.
-
-Twisted never calls connectionLost by itself once both halves of a TCP connection are shut, so
-when both directions have ended we close both legs; and a half-closed tunnel is aborted after
-`half_close_timeout`, so a peer that never finishes cannot pin two descriptors.
+Bytes both ways, half-close relayed and bounded. Twisted never calls connectionLost by itself
+once both halves of a TCP connection are shut, so when both directions have ended the tunnel is
+DONE and both legs are closed; and a half-closed tunnel times out after `half_close_timeout`, so
+a peer that never finishes cannot pin two descriptors. What each ending does is the lifecycle
+table's TUNNEL rows, carried out by `leg.end`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import endpoints
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..process import Counters, SocketRegistry
-from .leg import BufferSignal, Leg
-from .lifecycle import Action, Ending, Phase, Side, decide
-from .upstream import OneShotFactory
+from .context import TunnelOwner
+from .leg import BufferSignal, Leg, end
+from .lifecycle import Action, Ending, Phase, Side
+from .upstream import OneShotFactory, client_endpoint
 
 
 class Tunnel:
     """The relay between a client leg and an upstream leg."""
 
-    def __init__(self, client: Leg, upstream: Leg, clock: IReactorTime, bound: float):
+    def __init__(self, client: Leg, upstream: Leg, clock: IReactorTime, bound: float) -> None:
         self.client = client
         self.upstream = upstream
         self.clock = clock
         self.bound = bound
-        self.client_eof = False  # client sent FIN
-        self.upstream_eof = False  # upstream sent FIN
-        self._timer: Any = None
+        self._eof: set[Side] = set()  # directions whose sender has half-closed
+        self._timer: IDelayedCall | None = None
 
     def from_client(self, data: bytes) -> None:
         """Client bytes go to the upstream."""
-        if self.upstream.ended is None:
-            self.upstream.transport.write(data)
+        self.upstream.write(data)
 
     def from_upstream(self, data: bytes) -> None:
         """Upstream bytes go to the client."""
-        if self.client.ended is None:
-            self.client.transport.write(data)
+        self.client.write(data)
 
     def client_write_blocked(self) -> None:
         """Client send buffer full: stop reading upstream."""
@@ -52,42 +48,33 @@ class Tunnel:
         """Client send buffer drained."""
         self.upstream.resume_reading()
 
-    def client_ended(self, ending: Ending) -> None:
-        """The client leg ended or half-closed."""
-        if ending is Ending.HALF_CLOSED:
-            self.client_eof = True
-        self._act(
-            decide(Side.CLIENT, ending, Phase.TUNNEL), self.upstream, f"client_{ending.value}"
-        )
+    def upstream_write_blocked(self) -> None:
+        """Upstream send buffer full: stop reading the client."""
+        self.client.pause_reading()
 
-    def upstream_ended(self, ending: Ending) -> None:
-        """The upstream leg ended or half-closed."""
-        if ending is Ending.HALF_CLOSED:
-            self.upstream_eof = True
-        self._act(
-            decide(Side.UPSTREAM, ending, Phase.TUNNEL), self.client, f"upstream_{ending.value}"
-        )
+    def upstream_write_unblocked(self) -> None:
+        """Upstream send buffer drained."""
+        self.client.resume_reading()
 
-    def _act(self, action: Action, peer: Leg, reason: str) -> None:
-        if action is Action.RELAY_HALF_CLOSE:
-            peer.half_close()
-            if self.client_eof and self.upstream_eof:
-                self._cancel_timer()
-                self.client.close()
-                self.upstream.close()
-            elif self._timer is None:
-                self._timer = self.clock.callLater(self.bound, self._expired)
-        elif action is Action.CLOSE_PEER:
+    def ended(self, side: Side, ending: Ending) -> None:
+        """The `side` leg ended or half-closed."""
+        this, peer = (
+            (self.client, self.upstream) if side is Side.CLIENT else (self.upstream, self.client)
+        )
+        if ending is Ending.HALF_CLOSED:
+            self._eof.add(side)
+        action = end(side, ending, Phase.TUNNEL, this, peer)
+        if action is not Action.RELAY_HALF_CLOSE:
             self._cancel_timer()
-            peer.close()
-        elif action is Action.ABORT_PEER:
+        elif len(self._eof) == 2:
             self._cancel_timer()
-            peer.abort(reason)
+            end(side, Ending.DONE, Phase.TUNNEL, this, peer)
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.bound, self._expired)
 
     def _expired(self) -> None:
         self._timer = None
-        self.client.abort("half_close_timeout", Ending.TIMED_OUT)
-        self.upstream.abort("half_close_timeout", Ending.TIMED_OUT)
+        end(Side.CLIENT, Ending.TIMED_OUT, Phase.TUNNEL, self.client, self.upstream)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -97,67 +84,75 @@ class Tunnel:
 
 @implementer(IHalfCloseableProtocol)
 class TunnelUpstream(Leg):
-    """The upstream leg of an opaque tunnel."""
+    """The upstream leg of a passthrough tunnel."""
 
     side = Side.UPSTREAM
 
     def __init__(
         self,
-        session: Any,
+        owner: TunnelOwner,
         clock: IReactorTime,
         counters: Counters,
         registry: SocketRegistry | None,
-        bound: float,
     ) -> None:
         super().__init__(clock, counters, registry)
-        self.session = session
-        self.bound = bound
-        self.tunnel: Tunnel | None = None
+        self.owner = owner
+        self.relay: Tunnel | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if self.session.closed:
-            self.abort("client_gone")
-            return
-        client = self.session.client
+        if not self.open:
+            return  # aborted while connecting
+        if self.owner.gone:
+            end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, self)  # nobody waits for it any more
+        else:
+            self.owner.tunnel_connected(self)
+
+    def connect_failed(self, reason: Failure) -> None:
+        """The connect attempt failed (refused, DNS, timeout, cancelled)."""
+        self.connecting = None
+        if self._aborted_for is None and not self.owner.gone:  # not our own cancel
+            self.owner.tunnel_failed(reason)
+
+    def relay_to(self, tunnel: Tunnel) -> None:
+        """Start relaying through `tunnel`; a full send buffer here pauses the client."""
+        self.relay = tunnel
         self.transport.registerProducer(
-            BufferSignal(client.pause_reading, client.resume_reading), True
+            BufferSignal(tunnel.upstream_write_blocked, tunnel.upstream_write_unblocked), True
         )
-        self.tunnel = Tunnel(self.session.client, self, self.clock, self.bound)
-        self.session.tunnel_established(self.tunnel)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.from_upstream(data)
+        if self.relay is not None:
+            self.relay.from_upstream(data)
 
     def readConnectionLost(self) -> None:
-        if self.tunnel is not None:
-            self.tunnel.upstream_ended(Ending.HALF_CLOSED)
+        if self.relay is not None:
+            self.relay.ended(Side.UPSTREAM, Ending.HALF_CLOSED)
 
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         ending = self.ending_of(reason)
-        if self.tunnel is not None:
-            self.tunnel.upstream_ended(ending)
+        if self.relay is not None:
+            self.relay.ended(Side.UPSTREAM, ending)
 
 
 def connect_tunnel(
-    reactor: Any,
+    reactor: IReactorTime,
     counters: Counters,
     registry: SocketRegistry | None,
-    hosts: Any,
+    hosts: dict[str, str],
     connect_timeout: float,
-    bound: float,
     host: str,
     port: int,
-    session: Any,
-) -> Any:
-    """Open the upstream leg of a passthrough tunnel for `session`; returns the connect Deferred."""
-    leg = TunnelUpstream(session, reactor, counters, registry, bound)
-    address = hosts.get(host.lower(), host)
-    endpoint = endpoints.HostnameEndpoint(reactor, address, port, timeout=connect_timeout)
+    owner: TunnelOwner,
+) -> TunnelUpstream:
+    """Start the upstream leg of a passthrough tunnel for `owner`; it reports back to it."""
+    leg = TunnelUpstream(owner, reactor, counters, registry)
+    endpoint = client_endpoint(reactor, hosts.get(host.lower(), host), port, connect_timeout)
     d = endpoint.connect(OneShotFactory(leg))
-    d.addErrback(session.tunnel_failed)
-    return d
+    if not d.called:
+        leg.connecting = d
+    d.addErrback(leg.connect_failed)
+    return leg

@@ -1,27 +1,34 @@
 """The origin side: connections to upstream servers, a pool of idle ones, TLS with verification.
 
-A connection belongs to one session at a time (its `owner`) and reports response events and its
-ending to it; idle, it belongs to the pool. For TLS, nothing is written before the handshake has
-completed and the certificate has been verified: the owner is told "ready" only then.
+A connection belongs to one exchange at a time (its `owner`) and reports response events, its
+timeouts and its ending to it; idle, it belongs to the pool; after a 101 it belongs to a tunnel
+(`relay`). For TLS, nothing is written before the handshake has completed and the certificate has
+been verified: the owner is told "ready" only then.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..hosts import parse_ip
 from ..process import Counters, SocketRegistry
+from .events import ResponseEvent, TunnelData
 from .http1 import ResponseReader
-from .leg import BufferSignal, Leg
-from .lifecycle import Ending, Side
+from .leg import BufferSignal, Leg, end
+from .lifecycle import Ending, Phase, Side
 
 Key = tuple[str, str, int]  # (scheme, host, port)
 
@@ -29,13 +36,44 @@ SURPLUS_GRACE = 1.0  # seconds idle before a connection beyond the pool size is 
 
 
 class Owner(Protocol):
-    """What an upstream connection reports to the session using it."""
+    """What an upstream connection reports to the exchange using it."""
 
-    def upstream_ready(self, conn: UpstreamConnection) -> None: ...
-    def upstream_events(self, events: list[tuple[int, Any]]) -> None: ...
-    def upstream_lost(self, conn: UpstreamConnection, ending: Ending, reason: Failure) -> None: ...
-    def upstream_write_blocked(self) -> None: ...
-    def upstream_write_unblocked(self) -> None: ...
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """Connected (and, for TLS, verified): the request may be sent."""
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: Failure) -> None:
+        """The connection could not be made."""
+
+    def upstream_event(self, event: ResponseEvent) -> None:
+        """One response event parsed from what the upstream sent."""
+
+    def upstream_timed_out(self, conn: UpstreamConnection) -> None:
+        """Nothing arrived for `read_timeout` while a response was owed."""
+
+    def upstream_lost(self, conn: UpstreamConnection, ending: Ending, reason: Failure) -> None:
+        """The connection ended."""
+
+    def upstream_write_blocked(self) -> None:
+        """The upstream's send buffer is full."""
+
+    def upstream_write_unblocked(self) -> None:
+        """The upstream's send buffer drained."""
+
+
+class Relay(Protocol):
+    """What a connection switched to an opaque relay (after a 101) reports to."""
+
+    def from_upstream(self, data: bytes) -> None:
+        """Bytes from the upstream."""
+
+    def ended(self, side: Side, ending: Ending) -> None:
+        """A leg ended or half-closed."""
+
+    def upstream_write_blocked(self) -> None:
+        """The upstream's send buffer is full."""
+
+    def upstream_write_unblocked(self) -> None:
+        """The upstream's send buffer drained."""
 
 
 @implementer(IHandshakeListener)
@@ -49,15 +87,15 @@ class UpstreamConnection(Leg):
         self.pool = pool
         self.key = key
         self.owner = owner
+        self.relay: Relay | None = None  # set after a 101: bytes are relayed opaquely
         self.tls = tls
         self.reader = ResponseReader()
         self.ready = False
         self.requests = 0  # requests sent on this connection so far
         self.idle_since = 0.0
         self.reading_paused = False
-        self.tunnel: Any = None  # set after a 101: bytes are relayed opaquely from then on
         self._last_activity = 0.0
-        self._read_timer: Any = None
+        self._read_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -70,17 +108,32 @@ class UpstreamConnection(Leg):
         self._ready()
 
     def _buffer_full(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_write_blocked()
+        target = self.relay or self.owner
+        if target is not None:
+            target.upstream_write_blocked()
 
     def _buffer_drained(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_write_unblocked()
+        target = self.relay or self.owner
+        if target is not None:
+            target.upstream_write_unblocked()
 
     def _ready(self) -> None:
         self.ready = True
         if self.owner is not None:
             self.owner.upstream_ready(self)
+
+    def relay_to(self, relay: Relay) -> None:
+        """From now on (after a 101) this connection is one leg of an opaque relay."""
+        self.relay = relay
+
+    def connect_failed(self, reason: Failure) -> None:
+        """The connect attempt failed (refused, DNS, timeout, cancelled)."""
+        self.connecting = None
+        if self._aborted_for is not None:
+            return  # our own cancel: the owner asked for it
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.upstream_failed(self, reason)
 
     def send_request(self, head: bytes, head_only: bool) -> None:
         """Send a request head; from now on the upstream owes us a response."""
@@ -97,10 +150,12 @@ class UpstreamConnection(Leg):
         self.transport.write(data)
 
     def pause_reading(self) -> None:
+        """Stop reading (the client is slow); the read timeout does not count meanwhile."""
         self.reading_paused = True
         super().pause_reading()
 
     def resume_reading(self) -> None:
+        """Read again, if we had paused."""
         if self.reading_paused:
             self.reading_paused = False
             self._last_activity = self.clock.seconds()
@@ -109,42 +164,55 @@ class UpstreamConnection(Leg):
     def _check_read(self) -> None:
         # Lazy timer: activity only stamps a time; the timer re-arms itself from that stamp.
         self._read_timer = None
-        if self.ended is not None or self.owner is None or self.tunnel is not None:
+        owner = self.owner
+        if self.ended is not None or owner is None or self.relay is not None:
             return  # gone, idle in the pool (it has its own timeout), or an upgraded relay
-        timeout = self.pool.read_timeout
         now = self.clock.seconds()
         if self.reading_paused:
             self._last_activity = now  # we are the ones not reading: not the upstream's fault
-        deadline = self._last_activity + timeout
+        deadline = self._last_activity + self.pool.read_timeout
         if now >= deadline:
-            self.abort("upstream_read_timeout", Ending.TIMED_OUT)
+            owner.upstream_timed_out(self)
             return
         self._read_timer = self.clock.callLater(deadline - now, self._check_read)
 
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self.clock.seconds()
-        if self.tunnel is not None:
-            self.tunnel.from_upstream(data)
+        if self.relay is not None:
+            self.relay.from_upstream(data)
             return
         owner = self.owner
         if owner is None:
             # Idle in the pool and the origin talks: its framing and ours disagree.
-            self.abort("spurious_upstream_data")
+            end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, Phase.IDLE, self)
             return
         reader = self.reader
         reader.feed(data)
         events = reader.events
-        if events:
-            reader.events = []
-            owner.upstream_events(events)
+        if not events:
+            return
+        reader.events = []
+        for event in events:
+            if self.relay is not None:  # switched by a 101 part-way through these bytes
+                if type(event) is TunnelData and event.data:  # type: ignore[union-attr]
+                    self.relay.from_upstream(event.data)  # type: ignore[union-attr]
+                continue
+            owner = self.owner
+            if owner is None:
+                # Let go of (pooled, or its exchange ended) and the origin still talks.
+                end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, Phase.IDLE, self)
+                return
+            owner.upstream_event(event)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         ending = self.ending_of(reason)
         if self._read_timer is not None and self._read_timer.active():
             self._read_timer.cancel()
         self._read_timer = None
-        owner = self.owner
-        self.owner = None
+        if self.relay is not None:
+            self.relay.ended(Side.UPSTREAM, ending)
+            return
+        owner, self.owner = self.owner, None
         if owner is not None:
             owner.upstream_lost(self, ending, reason)
         else:
@@ -153,7 +221,7 @@ class UpstreamConnection(Leg):
     @property
     def reusable(self) -> bool:
         """Still connected, and nothing odd was seen on it."""
-        return self.ended is None and self.ready and not self.reader.spurious
+        return self.open and self.ready and not self.reader.spurious
 
 
 class OneShotFactory(Factory):
@@ -161,18 +229,22 @@ class OneShotFactory(Factory):
 
     noisy = False
 
-    def __init__(self, proto: Any) -> None:
+    def __init__(self, proto: Leg) -> None:
         self._proto = proto
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: object) -> Leg:
         return self._proto
 
 
-def _is_ip(host: str) -> int:
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return 0
+def client_endpoint(reactor: object, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """A TCP endpoint for `host`: IP literals directly, names through the resolver."""
+    ip = parse_ip(host)
+    version = ip.version if ip is not None else 0
+    if version == 4:
+        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if version == 6:
+        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 class Pool:
@@ -180,7 +252,7 @@ class Pool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: object,
         clock: IReactorTime,
         counters: Counters,
         registry: SocketRegistry | None,
@@ -188,7 +260,7 @@ class Pool:
         idle_timeout: float,
         connect_timeout: float,
         hosts: Mapping[str, str],
-        tls_creator: Callable[[str], Any] | None = None,
+        tls_creator: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
         read_timeout: float = 60.0,
     ) -> None:
         self.reactor = reactor
@@ -202,7 +274,7 @@ class Pool:
         self.tls_creator = tls_creator
         self.read_timeout = read_timeout
         self.idle: dict[Key, list[UpstreamConnection]] = {}
-        self._sweep: Any = None
+        self._sweep: IDelayedCall | None = None
 
     def acquire(self, key: Key, owner: Owner) -> UpstreamConnection | None:
         """An idle connection for `key`, now owned by `owner`, or None."""
@@ -214,41 +286,33 @@ class Pool:
                 return conn
         return None
 
-    def connect(self, key: Key, owner: Owner) -> tuple[UpstreamConnection, Deferred]:
+    def connect(self, key: Key, owner: Owner) -> UpstreamConnection:
         """Start a new connection owned by `owner`.
 
-        The Deferred fails for connect errors (refused, DNS, timeout); everything after the TCP
-        connect, TLS failures included, arrives through the owner's callbacks.
+        Connect errors (refused, DNS, timeout) reach the owner's `upstream_failed`; everything
+        after the TCP connect, TLS failures included, its other callbacks.
         """
         scheme, host, port = key
-        address = self.hosts.get(host.lower(), host)
         tls = scheme == "https"
         conn = UpstreamConnection(self, key, owner, tls)
-        version = _is_ip(address)
-        endpoint: Any
-        if version == 4:
-            endpoint = endpoints.TCP4ClientEndpoint(
-                self.reactor, address, port, timeout=self.connect_timeout
-            )
-        elif version == 6:
-            endpoint = endpoints.TCP6ClientEndpoint(
-                self.reactor, address, port, timeout=self.connect_timeout
-            )
-        else:
-            endpoint = endpoints.HostnameEndpoint(
-                self.reactor, address, port, timeout=self.connect_timeout
-            )
+        endpoint = client_endpoint(
+            self.reactor, self.hosts.get(host.lower(), host), port, self.connect_timeout
+        )
         if tls:
             if self.tls_creator is None:
                 raise RuntimeError("https upstream without TLS support")
             endpoint = endpoints.wrapClientTLS(self.tls_creator(host), endpoint)
-        return conn, endpoint.connect(OneShotFactory(conn))
+        d = endpoint.connect(OneShotFactory(conn))
+        if not d.called:
+            conn.connecting = d
+        d.addErrback(conn.connect_failed)
+        return conn
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take back a connection whose exchange ended cleanly."""
         conn.owner = None
         if not conn.reusable or self.size == 0:
-            conn.close()
+            end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)
             return
         conns = self.idle.setdefault(conn.key, [])
         conn.idle_since = self.clock.seconds()
@@ -288,7 +352,7 @@ class Pool:
             for c in conns:
                 if c.idle_since <= cutoff or (excess > 0 and c.idle_since <= surplus_cutoff):
                     excess -= 1
-                    c.close()
+                    end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, c)
                 else:
                     keep.append(c)
             if keep:
@@ -311,5 +375,5 @@ class Pool:
         self._sweep = None
         for conns in list(self.idle.values()):
             for c in list(conns):
-                c.close()
+                end(Side.UPSTREAM, Ending.SHUTDOWN, Phase.IDLE, c)
         self.idle.clear()

@@ -106,6 +106,10 @@ class LeafMinter:
                 ca.private_key.public_key()
             )
 
+    def intercept(self, host: str, port: int) -> InterceptContextFactory:
+        """The client-side TLS context factory for an intercepted CONNECT to host:port."""
+        return InterceptContextFactory(self, host)
+
     def __len__(self) -> int:
         return len(self._cache)
 

@@ -1,0 +1,65 @@
+"""The exchange's states and every move between them, in one table (h11's `_state.py` is the
+model). A move that is not in TRANSITIONS is a bug: the KeyError says so at once."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .lifecycle import Phase
+
+
+class State(Enum):
+    """Where an exchange is. DONE and UPGRADED are final."""
+
+    QUEUED = "queued"  # head read; waits for the exchanges before it on the connection
+    CONNECTING = "connecting"  # waiting for a new upstream connection (or a tunnel's)
+    SENT = "sent"  # request head sent upstream; no response head yet
+    RESPONDING = "responding"  # response head relayed; its body streams to the client
+    ANSWERED = "answered"  # the client has the whole response; the request body still arrives
+    DONE = "done"  # both directions complete, answered by us, or cut short
+    UPGRADED = "upgraded"  # the connection became an opaque tunnel (101, CONNECT)
+
+
+class Step(Enum):
+    """What moves an exchange from one state to the next."""
+
+    DISPATCH = "dispatch"  # connect to the upstream (again, for a retry)
+    SEND = "send"  # the request head goes out on a ready connection
+    RESPOND = "respond"  # the response head goes to the client
+    COMPLETE = "complete"  # the last of both directions is through
+    EARLY = "early"  # the response ended before the request body
+    ANSWER = "answer"  # we answered ourselves (hook, error, refusal)
+    UPGRADE = "upgrade"  # handed over to a tunnel
+    CUT = "cut"  # ended short: the client left, or the response was truncated
+
+
+S = State
+TRANSITIONS: dict[tuple[State, Step], State] = {
+    (S.QUEUED, Step.DISPATCH): S.CONNECTING,
+    (S.QUEUED, Step.SEND): S.SENT,
+    (S.QUEUED, Step.ANSWER): S.DONE,
+    (S.QUEUED, Step.UPGRADE): S.UPGRADED,
+    (S.CONNECTING, Step.SEND): S.SENT,
+    (S.CONNECTING, Step.ANSWER): S.DONE,
+    (S.CONNECTING, Step.UPGRADE): S.UPGRADED,
+    (S.SENT, Step.RESPOND): S.RESPONDING,
+    (S.SENT, Step.DISPATCH): S.CONNECTING,  # a retry on a fresh connection
+    (S.SENT, Step.ANSWER): S.DONE,
+    (S.SENT, Step.UPGRADE): S.UPGRADED,
+    (S.RESPONDING, Step.COMPLETE): S.DONE,
+    (S.RESPONDING, Step.EARLY): S.ANSWERED,
+    (S.ANSWERED, Step.COMPLETE): S.DONE,
+    **{(s, Step.CUT): S.DONE for s in (S.QUEUED, S.CONNECTING, S.SENT, S.RESPONDING, S.ANSWERED)},
+}
+
+# The lifecycle phase of the connection pair while an exchange in each state is the current one
+# (a close-delimited response body is RESPONSE_UNTIL_CLOSE instead of RESPONSE).
+PHASES: dict[State, Phase] = {
+    S.QUEUED: Phase.REQUEST,
+    S.CONNECTING: Phase.REQUEST,
+    S.SENT: Phase.REQUEST,
+    S.RESPONDING: Phase.RESPONSE,
+    S.ANSWERED: Phase.ANSWERED,
+    S.DONE: Phase.IDLE,
+    S.UPGRADED: Phase.IDLE,
+}
