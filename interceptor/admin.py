@@ -6,21 +6,26 @@ path only bumps plain ints and never touches prometheus-client.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from .process import open_fd_count
 
+if TYPE_CHECKING:
+    from .service import ProxyService
+
 
 class _Collector:
     """Turns the service's counters into metric families on each scrape."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: ProxyService) -> None:
         self.service = service
 
     def collect(self) -> Any:
@@ -97,18 +102,25 @@ class _Collector:
 class _Text(Resource):
     isLeaf = True
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Callable[[], tuple[int, bytes, bytes]]) -> None:
         super().__init__()
         self.fn = fn
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: IRequest) -> bytes:
         status, ctype, body = self.fn()
         request.setResponseCode(status)
         request.setHeader(b"content-type", ctype)
         return body
 
 
-def admin_site(service: Any) -> Site:
+class _QuietSite(Site):
+    """Scrapes every few seconds would drown the access log: this site logs no requests."""
+
+    def log(self, request: object) -> None:
+        pass
+
+
+def admin_site(service: ProxyService) -> Site:
     """The admin web site for `service` (a ProxyService)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(service))
@@ -124,14 +136,13 @@ def admin_site(service: Any) -> Site:
         return 503, b"text/plain", b"not ready\n"
 
     def metrics() -> tuple[int, bytes, bytes]:
-        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+        return 200, CONTENT_TYPE_LATEST.encode(), bytes(generate_latest(registry))
 
     root = Resource()
     root.putChild(b"healthz", _Text(healthz))
     root.putChild(b"readyz", _Text(readyz))
     root.putChild(b"metrics", _Text(metrics))
-    site = Site(root)
+    site = _QuietSite(root)
     site.noisy = False
     site.displayTracebacks = False
-    site.log = lambda request: None  # scrapes every few seconds would drown the access log
     return site

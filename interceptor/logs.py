@@ -41,12 +41,9 @@ class StdoutObserver:
         if self.dead:
             return
         try:
-            if self.json:
-                line = json_line(event)
-            else:
-                line = self._text_line(event)
-                if not line:
-                    return
+            line = json_line(event) if self.json else self._text_line(event)
+            if not line:
+                return
             os.write(self.fd, line.encode("utf-8", "replace"))
         except BlockingIOError:
             self.dropped += 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
@@ -49,14 +50,14 @@ class ProxyService(Service):
         self.reactor = reactor
         self.counters = process.Counters()
         self.registry: process.SocketRegistry | None = None
-        self.ports: list[Any] = []
-        self.admin_ports: list[Any] = []
+        self.ports: list[IListeningPort] = []
+        self.admin_ports: list[IListeningPort] = []
         self.ctx: ProxyContext | None = None
         self.pool: Pool | None = None
-        self.minter: Any = None
-        self.ca: Any = None
-        self.upstream_tls: Any = None
-        self.addons: list[Any] = []
+        self.minter: tls.LeafMinter | None = None
+        self.ca: tls.CertificateAuthority | None = None
+        self.upstream_tls: tls.UpstreamTLS | None = None
+        self.addons: list[object] = []
         self.ready = False
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -90,7 +91,8 @@ class ProxyService(Service):
             "open files limit: soft {old} -> {new} (hard {hard})", old=old, new=new, hard=hard
         )
         hooks = HookChain()
-        self._start_tls(hooks)
+        ca, upstream_tls = self.prepare()
+        minter = self._start_tls(hooks, ca)
         for addon in self.addons:
             hooks.add(addon)
         if cfg.log.access:
@@ -104,7 +106,7 @@ class ProxyService(Service):
             idle_timeout=cfg.upstream.pool_idle_timeout,
             connect_timeout=cfg.proxy.connect_timeout,
             hosts=cfg.upstream.hosts,
-            tls_creator=self.upstream_tls.creator_for,
+            tls_creator=upstream_tls.creator_for,
             read_timeout=cfg.upstream.read_timeout,
         )
         passthrough = HostPatterns(cfg.tls.passthrough)
@@ -116,7 +118,7 @@ class ProxyService(Service):
             idle_timeout=cfg.proxy.idle_timeout,
             header_timeout=cfg.proxy.header_timeout,
             half_close_timeout=cfg.proxy.half_close_timeout,
-            intercept=self.minter.intercept,
+            intercept=minter.intercept,
             passthrough=passthrough.matches if passthrough else None,
             tunnel_connect=self._tunnel_connect,
             describe_tls_failure=tls.describe_tls_failure,
@@ -131,39 +133,39 @@ class ProxyService(Service):
     def _stop_when_running(self, signum: int, frame: Any) -> None:
         self.reactor.callWhenRunning(self.reactor.stop)
 
-    def _listen(self, description: str, factory: Any) -> Any:
+    def _listen(self, description: str, factory: IProtocolFactory) -> IListeningPort:
         try:
             endpoint = endpoints.serverFromString(self.reactor, description)
         except ValueError as e:
             raise StartupError(f"cannot use endpoint {description!r}: {e}") from None
-        result: list[Any] = []
+        result: list[IListeningPort | Failure] = []
         endpoint.listen(factory).addBoth(result.append)
         if not result:
             raise StartupError(f"listening on {description} did not complete at start-up")
-        if isinstance(result[0], Failure):
-            raise StartupError(f"cannot listen on {description}: {result[0].getErrorMessage()}")
-        return result[0]
+        port = result[0]
+        if isinstance(port, Failure):
+            raise StartupError(f"cannot listen on {description}: {port.getErrorMessage()}")
+        return port
 
-    def _start_tls(self, hooks: HookChain) -> None:
-        """CA, leaf minter, upstream verification and the CA page."""
+    def _start_tls(self, hooks: HookChain, ca: tls.CertificateAuthority) -> tls.LeafMinter:
+        """The leaf minter and the CA page, on the CA that `prepare` loaded."""
         cfg = self.config.tls
-        self.prepare()
-        ca = self.ca
         verb = "created" if ca.created else "loaded"
         _log.info("CA certificate {verb}: {path} (trust this file)", verb=verb, path=ca.cert_path)
         if not cfg.verify_upstream:
             _log.warn("verify_upstream = false: upstream certificates are NOT checked")
-        self.minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
+        self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
         hooks.add(CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)))
+        return minter
 
-    def prepare(self) -> None:
+    def prepare(self) -> tuple[tls.CertificateAuthority, tls.UpstreamTLS]:
         """Load what can fail on the user's input: the CA, the trust store, the addons.
 
         makeService calls this before twistd starts logging, so a bad CA, bundle or addon is
         reported on stderr as one line, not inside the log. Idempotent.
         """
-        if self.ca is not None:
-            return
+        if self.ca is not None and self.upstream_tls is not None:
+            return self.ca, self.upstream_tls
         try:
             self.addons = load_addons(self.config.hooks.addons)
         except AddonError as e:
@@ -172,12 +174,13 @@ class ProxyService(Service):
         cfg = self.config.tls
         try:
             ca = tls.CertificateAuthority.load_or_create(cfg.ca_dir)
-            self.upstream_tls = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
+            upstream_tls = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
         except tls.TLSSetupError as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
-        self.ca = ca
+        self.ca, self.upstream_tls = ca, upstream_tls
+        return ca, upstream_tls
 
     def _tunnel_connect(self, host: str, port: int, owner: TunnelOwner) -> TunnelUpstream:
         cfg = self.config

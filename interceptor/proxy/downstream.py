@@ -7,11 +7,15 @@ HTTP exchange the lifecycle table decides what a FIN means.
 
 from __future__ import annotations
 
+from typing import Protocol as Interface
+from typing import cast
+
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
     IOpenSSLContextFactory,
+    IProtocol,
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -19,9 +23,15 @@ from zope.interface import implementer
 
 from ..process import SocketRegistry
 from .context import ProxyContext
-from .leg import BufferSignal, Leg
+from .leg import BufferSignal, Leg, StreamTransport
 from .lifecycle import Ending, Side
 from .session import Session
+
+
+class _TLSCapable(StreamTransport, Interface):
+    protocol: IProtocol
+
+    def startTLS(self, contextFactory: IOpenSSLContextFactory) -> None: ...
 
 
 @implementer(IHalfCloseableProtocol)
@@ -41,10 +51,11 @@ class ClientConnection(Leg):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        self.peer = f"{host}:{peer.port}" if host is not None else "unix"
-        self.transport.registerProducer(self._buffer_signal(), True)
+        assert self.stream is not None  # makeConnection set it
+        peer = self.stream.getPeer()
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        self.peer = f"{host}:{port}" if host is not None else "unix"
+        self.stream.registerProducer(self._buffer_signal(), True)
         clock = self.clock
         self._last = clock.seconds()
         self._timer = clock.callLater(self.ctx.idle_timeout, self._check_timeout)
@@ -79,7 +90,8 @@ class ClientConnection(Leg):
 
     def start_tls(self, factory: IOpenSSLContextFactory, leftover: bytes) -> None:
         """Terminate the client's TLS here; `leftover` are bytes already read past CONNECT."""
-        transport = self.transport
+        # The TCP transport itself: startTLS wraps it in place, so our stream stays valid.
+        transport = cast(_TLSCapable, self.transport)
         transport.unregisterProducer()
         transport.startTLS(factory)
         transport.registerProducer(self._buffer_signal(), True)
@@ -122,5 +134,5 @@ class ProxyFactory(Factory):
         self.ctx = ctx
         self.registry = registry
 
-    def buildProtocol(self, addr: IAddress) -> ClientConnection:
+    def buildProtocol(self, addr: IAddress | None) -> ClientConnection:
         return ClientConnection(self.ctx, self.registry)

@@ -10,9 +10,17 @@ tree and fails on any such call anywhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
+from typing import Protocol as Interface
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,6 +50,21 @@ class BufferSignal:
         pass
 
 
+class StreamTransport(Interface):
+    """What the legs use of a transport: Twisted's TCP and TLS transports provide all of it
+    (ITransport, which Protocol declares, is only the common base)."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+
+
 class Leg(Protocol):
     """Base for the client-side and upstream-side protocols: bookkeeping and mechanics."""
 
@@ -56,13 +79,18 @@ class Leg(Protocol):
         self.connected_ = False
         self.ended: Ending | None = None  # set once connectionLost has been handled
         # The connect attempt while there is no transport yet: an abort then cancels it.
-        self.connecting: Deferred[object] | None = None
+        self.connecting: Deferred[Any] | None = None
+        self.stream: StreamTransport | None = None  # the transport, once connected
         self._aborted_for: Ending | None = None
         self._closed_for: Ending | None = None
         self._drain_timer: IDelayedCall | None = None
         self._fd = -1
 
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.stream = cast(StreamTransport, transport)
+        super().makeConnection(transport)
 
     def connectionMade(self) -> None:
         self.connected_ = True
@@ -72,18 +100,19 @@ class Leg(Protocol):
         self.counters.total[side] += 1
         if self._aborted_for is not None:
             # Aborted while the connect was under way and too late to cancel it.
-            self.transport.abortConnection()
+            if self.stream is not None:
+                self.stream.abortConnection()
             return
         # Responses are written in pieces (head, then body); with Nagle on, a small last piece
         # waits ~40 ms for the peer's delayed ACK. TLS wrappers forward this to the socket.
-        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        setTcpNoDelay = getattr(self.stream, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
             try:
                 setTcpNoDelay(True)
             except OSError:
                 pass
         if self.registry is not None:
-            handle = getattr(self.transport, "getHandle", None)
+            handle = getattr(self.stream, "getHandle", None)
             sock = handle() if handle is not None else None
             fileno = getattr(sock, "fileno", None)
             if fileno is not None:
@@ -118,18 +147,18 @@ class Leg(Protocol):
 
     def write(self, data: bytes) -> None:
         """Send bytes (dropped once the connection has ended)."""
-        if self.ended is None and self.transport is not None:
-            self.transport.write(data)
+        if self.ended is None and self.stream is not None:
+            self.stream.write(data)
 
     def pause_reading(self) -> None:
         """Stop reading from this socket (backpressure)."""
-        if self.ended is None and self.transport is not None:
-            self.transport.pauseProducing()
+        if self.ended is None and self.stream is not None:
+            self.stream.pauseProducing()
 
     def resume_reading(self) -> None:
         """Read from this socket again."""
-        if self.ended is None and self.transport is not None:
-            self.transport.resumeProducing()
+        if self.ended is None and self.stream is not None:
+            self.stream.resumeProducing()
 
     def sigpipe_abort(self) -> None:
         """Called from the SIGPIPE handler (close mode) for a socket whose write failed.
@@ -146,28 +175,29 @@ class Leg(Protocol):
             return
         self._aborted_for = ending
         self.counters.aborts[reason] += 1
-        if self.transport is None:
+        if self.stream is None:
             if self.connecting is not None:
                 d, self.connecting = self.connecting, None
                 d.cancel()
             return
-        self.transport.abortConnection()
+        self.stream.abortConnection()
 
     def _close(self, why: Ending | None = None) -> None:
         # `why` (e.g. TIMED_OUT) is how the resulting clean ending is counted.
         if self.ended is not None or self._drain_timer is not None:
             return
-        if self.transport is None:
+        stream = self.stream
+        if stream is None:
             self._abort(f"{self.side.value}_done")  # never connected: nothing to flush
             return
         self._closed_for = why
         # Twisted's TLS layer postpones its close_notify while a producer is registered, and
         # ours stays registered for the connection's life: let go of it so the close happens.
         try:
-            self.transport.unregisterProducer()
+            stream.unregisterProducer()
         except RuntimeError:
             pass  # none registered
-        self.transport.loseConnection()
+        stream.loseConnection()
         self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
 
     def _truncate(self, reason: str, framed: bool) -> None:
@@ -187,8 +217,8 @@ class Leg(Protocol):
 
     def _half_close(self) -> None:
         # Tunnels only; TLS has no half-close.
-        if self.ended is None and self.transport is not None:
-            self.transport.loseWriteConnection()
+        if self.ended is None and self.stream is not None:
+            self.stream.loseWriteConnection()
 
 
 def end(

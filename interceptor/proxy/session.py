@@ -171,12 +171,14 @@ class Session:
             event = events[0]
             t = type(event)
             last = exchanges[-1] if exchanges else None
-            if t is RequestHead or (t is ProtocolError and (last is None or last.request_complete)):
+            if isinstance(event, RequestHead) or (
+                isinstance(event, ProtocolError) and (last is None or last.request_complete)
+            ):
                 # A new request, or one refused at its head: it queues behind the others.
                 if len(exchanges) >= _MAX_QUEUED_EXCHANGES:
                     break
                 events.popleft()
-                ex = Exchange(self, event)  # type: ignore[arg-type]
+                ex = Exchange(self, event)
                 exchanges.append(ex)
                 if len(exchanges) == 1:
                     ex.start()

@@ -9,6 +9,8 @@ table's TUNNEL rows, carried out by `leg.end`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -117,7 +119,8 @@ class TunnelUpstream(Leg):
     def relay_to(self, tunnel: Tunnel) -> None:
         """Start relaying through `tunnel`; a full send buffer here pauses the client."""
         self.relay = tunnel
-        self.transport.registerProducer(
+        assert self.stream is not None  # connected: it called tunnel_connected
+        self.stream.registerProducer(
             BufferSignal(tunnel.upstream_write_blocked, tunnel.upstream_write_unblocked), True
         )
 
@@ -142,7 +145,7 @@ def connect_tunnel(
     reactor: IReactorTime,
     counters: Counters,
     registry: SocketRegistry | None,
-    hosts: dict[str, str],
+    hosts: Mapping[str, str],
     connect_timeout: float,
     host: str,
     port: int,

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from twisted.internet import endpoints
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -99,7 +100,8 @@ class UpstreamConnection(Leg):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
+        assert self.stream is not None  # makeConnection set it
+        self.stream.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
         if not self.tls:
             self._ready()
 
@@ -142,12 +144,12 @@ class UpstreamConnection(Leg):
         self._last_activity = self.clock.seconds()
         if self._read_timer is None:
             self._read_timer = self.clock.callLater(self.pool.read_timeout, self._check_read)
-        self.transport.write(head)
+        self.write(head)
 
-    def send(self, data: bytes) -> None:
-        """Send request body bytes."""
+    def write(self, data: bytes) -> None:
+        """Send request body bytes (activity for the read timeout)."""
         self._last_activity = self.clock.seconds()
-        self.transport.write(data)
+        super().write(data)
 
     def pause_reading(self) -> None:
         """Stop reading (the client is slow); the read timeout does not count meanwhile."""
@@ -194,8 +196,8 @@ class UpstreamConnection(Leg):
         reader.events = []
         for event in events:
             if self.relay is not None:  # switched by a 101 part-way through these bytes
-                if type(event) is TunnelData and event.data:  # type: ignore[union-attr]
-                    self.relay.from_upstream(event.data)  # type: ignore[union-attr]
+                if type(event) is TunnelData and event.data:
+                    self.relay.from_upstream(event.data)
                 continue
             owner = self.owner
             if owner is None:
@@ -232,7 +234,7 @@ class OneShotFactory(Factory):
     def __init__(self, proto: Leg) -> None:
         self._proto = proto
 
-    def buildProtocol(self, addr: object) -> Leg:
+    def buildProtocol(self, addr: IAddress | None) -> Leg:
         return self._proto
 
 
