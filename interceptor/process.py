@@ -17,8 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
-SIGPIPE_MODES = ("ignore", "close", "inherit")
-
 
 class Counters:
     """Every number the admin endpoint exports, kept in one place. Plain ints: cheap to bump."""

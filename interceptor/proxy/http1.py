@@ -392,11 +392,6 @@ def body_piece(data: bytes, framing: Framing) -> bytes:
     return data
 
 
-def body_end(framing: Framing) -> bytes:
-    """What ends a body in `framing` (the last chunk, or nothing)."""
-    return LAST_CHUNK if framing is CHUNKED else b""
-
-
 def reason_phrase(status: int) -> bytes:
     """The standard reason phrase for `status` ("Status" for codes the registry lacks)."""
     try:

@@ -78,7 +78,6 @@ class Action(Enum):
     RETRY = "retry"  # a stale pooled connection: send the request once more on a fresh one
 
 
-C, U = Side.CLIENT, Side.UPSTREAM
 E = Ending
 P = Phase
 A = Action
@@ -148,7 +147,7 @@ def _tunnel(ending: Ending) -> Action:
 
 def _build_table() -> dict[tuple[Side, Ending, Phase], Action]:
     return {
-        (side, ending, phase): (_client if side is C else _upstream)(ending, phase)
+        (side, ending, phase): (_client if side is Side.CLIENT else _upstream)(ending, phase)
         for side in Side
         for ending in Ending
         for phase in Phase
