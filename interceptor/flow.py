@@ -78,4 +78,4 @@ class Flow:
         # A hook may set this to answer locally: (status, content type, body bytes).
         self.local: tuple[int, bytes, bytes] | None = None
         # (method, target) as the client sent them, for logs when `request` could not be made.
-        self.raw: tuple[str, str] | None = None
+        self.raw: tuple[bytes, bytes] | None = None

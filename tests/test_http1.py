@@ -49,7 +49,9 @@ def kind(event) -> str:
 
 def payload(event):
     """What the old tuple carried: the head, the bytes, the error (None for END)."""
-    if isinstance(event, Body | TunnelData):
+    if isinstance(event, Body):
+        return event
+    if isinstance(event, TunnelData):
         return event.data
     if isinstance(event, Interim | Upgraded):
         return event.head

@@ -27,7 +27,7 @@ class AccessLog:
         if req is not None:
             method, url = req.method, req.url
         elif flow.raw is not None:
-            method, url = flow.raw
+            method, url = (part.decode("latin-1") for part in flow.raw)
         else:
             method = url = "-"
         error = flow.error

@@ -1,7 +1,8 @@
 """What the HTTP/1.1 readers produce: message heads, body pieces, ends, refusals. No I/O.
 
-Each event is a small `__slots__` object, dispatched on its type (`type(event) is Body`): about
-as cheap as the `(int, payload)` tuples they replace, and the type checker sees every payload.
+Each event is a small `__slots__` object (a body piece is just its bytes), dispatched on its
+type (`type(event) is Body`): as cheap as the `(int, payload)` tuples they replace, and the type
+checker sees every payload.
 """
 
 from __future__ import annotations
@@ -101,13 +102,9 @@ class Upgraded:
         self.head = head
 
 
-class Body:
-    """A piece of a message body, already de-chunked."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+# A piece of a message body (already de-chunked) is its bytes: bytes is a type of its own among
+# the events, and a wrapper would cost an allocation per piece on the hot path.
+Body = bytes
 
 
 class EndOfMessage:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 class Exchange(ResponseSide):
     """One request/response on a client connection (or one refused request)."""
 
+    __slots__ = ("refusal", "_key")
+
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
         self.ctx = ctx = session.ctx
@@ -49,6 +51,8 @@ class Exchange(ResponseSide):
         self.upstream = None
         self.request_complete = False
         self.retried = False
+        self.in_framing = self.out_framing = NO_BODY
+        self.upstream_keep_alive = False
         self._request_bytes = b""
         self._key: Key = ("", "", 0)
         self.refusal: ProtocolError | None = None
@@ -58,7 +62,7 @@ class Exchange(ResponseSide):
             self.keep_alive = False
         else:
             self.head = head
-            self.flow.raw = (head.method.decode("latin-1"), head.target.decode("latin-1"))
+            self.flow.raw = (head.method, head.target)
             # An Upgrade the origin refuses leaves the client reader closed: close after.
             self.keep_alive = head.keep_alive and not ctx.draining and not head.upgrade
         self.http10 = self.head.version == "1.0"
@@ -69,12 +73,6 @@ class Exchange(ResponseSide):
         if self.state is State.RESPONDING and self.in_framing is UNTIL_CLOSE:
             return Phase.RESPONSE_UNTIL_CLOSE
         return PHASES[self.state]
-
-    @property
-    def accepts_body(self) -> bool:
-        """Request body events can be taken now (relayed, or dropped after an answer)."""
-        state = self.state
-        return state is State.SENT or state is State.RESPONDING or state is State.ANSWERED
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -167,7 +165,7 @@ class Exchange(ResponseSide):
     def request_event(self, event: RequestEvent) -> None:
         """Body, end or a refusal of this exchange's request, in order, when it can take them."""
         if type(event) is Body:
-            data = event.data
+            data = event
             self.flow.bytes_in += len(data)
             self.ctx.counters.bytes_from_client += len(data)
             conn = self.upstream

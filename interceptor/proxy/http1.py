@@ -21,7 +21,6 @@ from .events import (
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
-    Body,
     Framing,
     Headers,
     Interim,
@@ -51,23 +50,9 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def _framing(headers: Headers) -> Framing:
-    """The body framing of headers llhttp already validated (one Content-Length at most)."""
-    length = False
-    chunked = False
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"content-length":
-            length = True
-        elif lname == b"transfer-encoding":
-            # llhttp accepts any coding list ending in chunked; we forward bodies de-chunked, so a
-            # coding we would have to pass through untouched (gzip, chunked) cannot be honoured.
-            if value.strip().lower() != b"chunked":
-                raise ProtocolError(400, "unsupported Transfer-Encoding")
-            chunked = True
-    if chunked:
-        return CHUNKED
-    return LENGTH if length else NO_BODY
+# Header names are lowered only when their length could make them one we look for: most
+# headers of a request or response are none of these, and this runs for every header.
+_HOP_LENGTHS = frozenset(len(name) for name in HOP_BY_HOP)
 
 
 class _Reader:
@@ -82,19 +67,42 @@ class _Reader:
         self.in_head = False
         self._fed_in_head = 0
         self._error: ProtocolError | None = None
+        self._length = self._chunked = self._other_coding = False
 
     def on_message_begin(self) -> None:
         self._headers = []
         self._head_size = 0
         self.in_head = True
         self._fed_in_head = 0
+        self._length = self._chunked = self._other_coding = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
+        n = len(name)
+        self._head_size += n + len(value) + 4
         if self._head_size > MAX_HEAD:
             self._error = self._too_big
             raise self._error
         self._headers.append((name, value))
+        if n == 14 or n == 17:  # the lengths of content-length and transfer-encoding
+            lname = name.lower()
+            if lname == b"content-length":
+                self._length = True
+            elif lname == b"transfer-encoding":
+                # llhttp accepts any coding list ending in chunked; we forward bodies
+                # de-chunked, so a coding we would have to pass through untouched (gzip,
+                # chunked) cannot be honoured.
+                if value.strip().lower() == b"chunked":
+                    self._chunked = True
+                else:
+                    self._other_coding = True
+
+    def _framing(self) -> Framing:
+        """The body framing of the head just read (llhttp validated Content-Length)."""
+        if self._other_coding:
+            raise ProtocolError(400, "unsupported Transfer-Encoding")
+        if self._chunked:
+            return CHUNKED
+        return LENGTH if self._length else NO_BODY
 
     def _feed(self, parser: Any, data: bytes) -> None:
         # llhttp keeps no limit of its own on a head that never ends; count the bytes fed while a
@@ -139,7 +147,7 @@ class RequestReader(_Reader):
             self._error = ProtocolError(505, f"HTTP/{version} is not supported")
             raise self._error
         try:
-            framing = _framing(self._headers)
+            framing = self._framing()
         except ProtocolError as e:
             self._error = e
             raise
@@ -156,7 +164,7 @@ class RequestReader(_Reader):
         )
 
     def on_body(self, body: bytes) -> None:
-        self.events.append(Body(body))
+        self.events.append(body)
 
     def on_message_complete(self) -> None:
         self.events.append(END)
@@ -236,7 +244,7 @@ class ResponseReader(_Reader):
             self._error = ProtocolError(502, f"upstream sent invalid status {status:03d}")
             raise self._error
         try:
-            framing = _framing(self._headers)
+            framing = self._framing()
         except ProtocolError:
             self._error = ProtocolError(502, "upstream sent an unsupported Transfer-Encoding")
             raise self._error from None
@@ -266,7 +274,7 @@ class ResponseReader(_Reader):
         if self.head_only:
             self.spurious = True
             return
-        self.events.append(Body(body))
+        self.events.append(body)
 
     def on_message_complete(self) -> None:
         if self.head_only:
@@ -298,19 +306,25 @@ class ResponseReader(_Reader):
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """Headers minus hop-by-hop ones, including those the Connection header names."""
+    out = []
     named: set[bytes] | None = None
     for name, value in headers:
-        if name.lower() == b"connection":
-            if named is None:
-                named = set()
-            named.update(t.strip().lower() for t in value.split(b","))
-    out = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or (named and lname in named):
-            continue
+        if len(name) in _HOP_LENGTHS:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")} - _NOT_NAMES
+                    named = tokens if named is None else named | tokens
+                continue
         out.append((name, value))
+    if named:
+        # Connection names further headers to drop; they may have come before it.
+        out = [(n, v) for n, v in out if n.lower() not in named]
     return out
+
+
+# Connection tokens that name no header we would still forward.
+_NOT_NAMES = HOP_BY_HOP | {b"close"}
 
 
 def forwarded_request_headers(head: RequestHead, authority: bytes) -> Headers:
@@ -358,7 +372,6 @@ def client_response_head(
     HTTP/1.1 clients; HTTP/1.0 clients never get chunks, so for them the close ends the body.
     """
     out = framing
-    headers = list(headers)
     if framing is CHUNKED or framing is UNTIL_CLOSE:
         if http10:
             out = UNTIL_CLOSE
@@ -367,10 +380,11 @@ def client_response_head(
             out = CHUNKED
             headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
             headers.append((b"Transfer-Encoding", b"chunked"))
+    # New lists where something is added: the hooks' copy of the headers stays as they left it.
     if not keep_alive:
-        headers.append((b"Connection", b"close"))
+        headers = [*headers, (b"Connection", b"close")]
     elif http10:
-        headers.append((b"Connection", b"keep-alive"))
+        headers = [*headers, (b"Connection", b"keep-alive")]
     return response_head(status, reason, headers), out, keep_alive
 
 

@@ -25,12 +25,18 @@ from twisted.python.failure import Failure
 class Side(Enum):
     """Which leg of a proxied pair."""
 
+    # Singletons: hashed by identity, in C (Enum's own hash is Python code, and these key
+    # the table).
+    __hash__ = object.__hash__
+
     CLIENT = "client"
     UPSTREAM = "upstream"
 
 
 class Ending(Enum):
     """How a connection (or its read half, or its part in an exchange) ended."""
+
+    __hash__ = object.__hash__  # see Side
 
     # Reported by Twisted.
     CLEAN = "clean"  # orderly close: FIN after a complete exchange, ConnectionDone
@@ -51,6 +57,8 @@ class Ending(Enum):
 class Phase(Enum):
     """Where the connection pair is in its exchange when an ending arrives."""
 
+    __hash__ = object.__hash__  # see Side
+
     IDLE = "idle"  # no exchange in flight (between requests, or pooled upstream)
     REQUEST = "request"  # request accepted, no response head sent to the client yet
     RESPONSE = "response"  # response head sent, body framed by length or chunks
@@ -61,6 +69,8 @@ class Phase(Enum):
 
 class Action(Enum):
     """What happens to the two legs (and what the owner then does) for one ending."""
+
+    __hash__ = object.__hash__  # see Side
 
     NOTHING = "nothing"  # nobody else is involved
     CLOSE_SELF = "close_self"  # orderly close of the leg that ended; peer untouched

@@ -3,7 +3,7 @@ response relayed from there to the client.
 
 `Exchange` (exchange.py) is built on this: there the request side, routing, our own answers and
 the endings; here what the origin says and does. Both halves share the exchange's state, moved
-only through the TRANSITIONS table.
+only through the TRANSITIONS table (states.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .events import (
 )
 from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
-from .states import TRANSITIONS, State, Step
+from .states import MOVES, State, Step
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -40,6 +40,22 @@ if TYPE_CHECKING:
 class ResponseSide:
     """What an exchange does with what its upstream connection reports (upstream.Owner)."""
 
+    __slots__ = (
+        "session",
+        "ctx",
+        "flow",
+        "head",
+        "state",
+        "upstream",
+        "keep_alive",
+        "http10",
+        "request_complete",
+        "retried",
+        "_request_bytes",
+        "in_framing",
+        "out_framing",
+        "upstream_keep_alive",
+    )
     session: Session
     ctx: ProxyContext
     flow: Flow
@@ -51,18 +67,16 @@ class ResponseSide:
     request_complete: bool
     retried: bool
     _request_bytes: bytes
-
-    in_framing: Framing = NO_BODY  # how the upstream frames its response
-    out_framing: Framing = NO_BODY  # how we frame it toward the client
-    upstream_keep_alive = False  # the upstream connection may be pooled afterwards
+    in_framing: Framing  # how the upstream frames its response
+    out_framing: Framing  # how we frame it toward the client
+    upstream_keep_alive: bool  # the upstream connection may be pooled afterwards
 
     def _to(self, step: Step) -> None:
-        self.state = TRANSITIONS[self.state, step]
+        self.state = MOVES[self.state][step]
 
     def _send_head(self, conn: UpstreamConnection) -> None:
         self._to(Step.SEND)
         conn.send_request(self._request_bytes, self.head.method == b"HEAD")
-        self.session.pump()
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -72,6 +86,7 @@ class ResponseSide:
             end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)  # nobody waits for it any more
             return
         self._send_head(conn)
+        self.session.pump()  # the request body, if any, may go now
 
     def upstream_failed(self, conn: UpstreamConnection, reason: Failure) -> None:
         """The connection could not be made."""
@@ -117,27 +132,32 @@ class ResponseSide:
 
     # -- the response ----------------------------------------------------------------------
 
-    def upstream_event(self, event: ResponseEvent) -> None:
-        """One response event from our upstream connection."""
-        if type(event) is Body:
-            data = event.data
-            self.flow.bytes_out += len(data)
-            self.ctx.counters.bytes_to_client += len(data)
-            self.session.client.write(http1.body_piece(data, self.out_framing))
-        elif type(event) is ResponseHead:
-            self._response_head(event)
-        elif event is END:
-            self._response_end()
-        elif type(event) is Interim:
-            if not self.http10:
-                head = event.head
-                self.session.client.write(
-                    http1.response_head(head.status, head.reason, head.headers)
-                )
-        elif type(event) is Upgraded:
-            self._upgraded(event.head)
-        elif isinstance(event, ProtocolError):
-            self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, event.reason)
+    def upstream_events(self, conn: UpstreamConnection, events: list[ResponseEvent]) -> None:
+        """Response events from our upstream connection, in order."""
+        client = self.session.client
+        for i, event in enumerate(events):
+            if type(event) is Body:
+                data = event
+                self.flow.bytes_out += len(data)
+                self.ctx.counters.bytes_to_client += len(data)
+                client.write(http1.body_piece(data, self.out_framing))
+                continue  # the common case: the connection stays ours
+            if type(event) is ResponseHead:
+                self._response_head(event)
+            elif event is END:
+                self._response_end()
+            elif type(event) is Interim:
+                if not self.http10:
+                    head = event.head
+                    client.write(http1.response_head(head.status, head.reason, head.headers))
+            elif type(event) is Upgraded:
+                self._upgraded(event.head)
+            elif type(event) is ProtocolError:
+                self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, event.reason)
+            if self.upstream is not conn:  # done, upgraded or cut: the rest is not ours
+                if i + 1 < len(events):
+                    conn.unclaimed(events[i + 1 :])
+                return
 
     def _response_head(self, head: ResponseHead) -> None:
         if self.state is not State.SENT:
@@ -199,8 +219,9 @@ class ResponseSide:
 
     def _complete(self) -> None:
         """Both directions are through: pool or close the upstream, record, next exchange."""
-        conn = self._detach()
+        conn, self.upstream = self.upstream, None
         if isinstance(conn, UpstreamConnection):
+            conn.owner = None
             if self.upstream_keep_alive:
                 # A slow client may have paused this connection's reading; a pooled connection
                 # must come back readable or the next exchange on it waits forever.

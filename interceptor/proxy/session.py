@@ -32,6 +32,7 @@ from .leg import Leg
 from .leg import end as carry_out
 from .lifecycle import Action, Ending, Phase, Side
 from .response import ResponseSide
+from .states import TAKES_BODY
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection
 
@@ -45,6 +46,20 @@ _MAX_QUEUED_EXCHANGES = 8  # pipelined requests accepted ahead of the one being 
 
 class Session:
     """The per-client-connection state machine."""
+
+    __slots__ = (
+        "ctx",
+        "client",
+        "reader",
+        "events",
+        "exchanges",
+        "tunnel",
+        "intercepted",
+        "_paused_queue",
+        "_paused_upstream",
+        "_pumping",
+        "closed",
+    )
 
     def __init__(self, ctx: ProxyContext, client: ClientConnection) -> None:
         self.ctx = ctx
@@ -155,47 +170,43 @@ class Session:
         if self._pumping:
             return  # an exchange finished inside the loop below: it carries on from there
         self._pumping = True
+        events = self.events
+        exchanges = self.exchanges
         try:
-            self._pump()
+            while events and not self.closed and self.tunnel is None:
+                event = events[0]
+                last = exchanges[-1] if exchanges else None
+                if type(event) is RequestHead or (
+                    type(event) is ProtocolError and (last is None or last.request_complete)
+                ):
+                    # A new request, or one refused at its head: it queues behind the others.
+                    if len(exchanges) >= _MAX_QUEUED_EXCHANGES:
+                        break
+                    events.popleft()
+                    ex = Exchange(self, event)
+                    exchanges.append(ex)
+                    if len(exchanges) == 1:
+                        ex.start()
+                elif type(event) is TunnelData:
+                    if last is not None:
+                        break  # its CONNECT or Upgrade exchange takes it
+                    # Bytes after a CONNECT or Upgrade that did not happen: the reader stopped
+                    # at them, so this connection can carry nothing more.
+                    events.clear()
+                    self.end(Side.CLIENT, Ending.DONE)
+                elif last is None or last is not exchanges[0]:
+                    break  # the body of a queued request waits for its turn
+                elif type(event) is ProtocolError or last.state in TAKES_BODY:
+                    events.popleft()
+                    last.request_event(event)
+                else:
+                    break  # the upstream is not ready for the body yet
         finally:
             self._pumping = False
-        queued = len(self.events) > _MAX_QUEUED_EVENTS
+        queued = len(events) > _MAX_QUEUED_EVENTS
         if queued != self._paused_queue:
             self._paused_queue = queued
             self._update_client_reading()
-
-    def _pump(self) -> None:
-        events = self.events
-        exchanges = self.exchanges
-        while events and not self.closed and self.tunnel is None:
-            event = events[0]
-            t = type(event)
-            last = exchanges[-1] if exchanges else None
-            if isinstance(event, RequestHead) or (
-                isinstance(event, ProtocolError) and (last is None or last.request_complete)
-            ):
-                # A new request, or one refused at its head: it queues behind the others.
-                if len(exchanges) >= _MAX_QUEUED_EXCHANGES:
-                    break
-                events.popleft()
-                ex = Exchange(self, event)
-                exchanges.append(ex)
-                if len(exchanges) == 1:
-                    ex.start()
-            elif t is TunnelData:
-                if last is not None:
-                    break  # its CONNECT or Upgrade exchange takes it
-                # Bytes after a CONNECT or Upgrade that did not happen: the reader stopped at
-                # them, so this connection can carry nothing more.
-                events.clear()
-                self.end(Side.CLIENT, Ending.DONE)
-            elif last is None or last is not exchanges[0]:
-                break  # the body of a queued request waits for its turn
-            elif t is ProtocolError or last.accepts_body:
-                events.popleft()
-                last.request_event(event)
-            else:
-                break  # the upstream is not ready for the body yet
 
     def drop_request_body(self) -> bool:
         """Drop what arrived of the current request's body; True if its end was among it."""

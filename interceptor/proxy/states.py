@@ -11,6 +11,10 @@ from .lifecycle import Phase
 class State(Enum):
     """Where an exchange is. DONE and UPGRADED are final."""
 
+    # Members are singletons: hashing by identity (in C) instead of Enum's Python-level
+    # hash of the name keeps the per-request table lookups off the profile.
+    __hash__ = object.__hash__
+
     QUEUED = "queued"  # head read; waits for the exchanges before it on the connection
     CONNECTING = "connecting"  # waiting for a new upstream connection (or a tunnel's)
     SENT = "sent"  # request head sent upstream; no response head yet
@@ -22,6 +26,8 @@ class State(Enum):
 
 class Step(Enum):
     """What moves an exchange from one state to the next."""
+
+    __hash__ = object.__hash__  # see State
 
     DISPATCH = "dispatch"  # connect to the upstream (again, for a retry)
     SEND = "send"  # the request head goes out on a ready connection
@@ -51,6 +57,15 @@ TRANSITIONS: dict[tuple[State, Step], State] = {
     (S.ANSWERED, Step.COMPLETE): S.DONE,
     **{(s, Step.CUT): S.DONE for s in (S.QUEUED, S.CONNECTING, S.SENT, S.RESPONDING, S.ANSWERED)},
 }
+
+# The same table by state, for the lookup an exchange makes on every move (no key to build).
+MOVES: dict[State, dict[Step, State]] = {state: {} for state in State}
+for (_state, _step), _target in TRANSITIONS.items():
+    MOVES[_state][_step] = _target
+del _state, _step, _target
+
+# Where the exchange takes its request body events (relays them, or drops them after an answer).
+TAKES_BODY = frozenset({S.SENT, S.RESPONDING, S.ANSWERED})
 
 # The lifecycle phase of the connection pair while an exchange in each state is the current one
 # (a close-delimited response body is RESPONSE_UNTIL_CLOSE instead of RESPONSE).

@@ -45,8 +45,9 @@ class Owner(Protocol):
     def upstream_failed(self, conn: UpstreamConnection, reason: Failure) -> None:
         """The connection could not be made."""
 
-    def upstream_event(self, event: ResponseEvent) -> None:
-        """One response event parsed from what the upstream sent."""
+    def upstream_events(self, conn: UpstreamConnection, events: list[ResponseEvent]) -> None:
+        """Response events parsed from what the upstream sent; any it does not take (it let go
+        of the connection part-way) it hands back to `conn.unclaimed`."""
 
     def upstream_timed_out(self, conn: UpstreamConnection) -> None:
         """Nothing arrived for `read_timeout` while a response was owed."""
@@ -144,12 +145,14 @@ class UpstreamConnection(Leg):
         self._last_activity = self.clock.seconds()
         if self._read_timer is None:
             self._read_timer = self.clock.callLater(self.pool.read_timeout, self._check_read)
-        self.write(head)
+        if self.ended is None and self.stream is not None:
+            self.stream.write(head)
 
     def write(self, data: bytes) -> None:
-        """Send request body bytes (activity for the read timeout)."""
+        """Send request bytes (activity for the read timeout)."""
         self._last_activity = self.clock.seconds()
-        super().write(data)
+        if self.ended is None and self.stream is not None:
+            self.stream.write(data)
 
     def pause_reading(self) -> None:
         """Stop reading (the client is slow); the read timeout does not count meanwhile."""
@@ -194,17 +197,18 @@ class UpstreamConnection(Leg):
         if not events:
             return
         reader.events = []
-        for event in events:
-            if self.relay is not None:  # switched by a 101 part-way through these bytes
+        owner.upstream_events(self, events)
+
+    def unclaimed(self, events: list[ResponseEvent]) -> None:
+        """Events its exchange did not take: it let go of this connection part-way through."""
+        relay = self.relay
+        if relay is not None:  # switched by a 101: the rest is the new protocol's
+            for event in events:
                 if type(event) is TunnelData and event.data:
-                    self.relay.from_upstream(event.data)
-                continue
-            owner = self.owner
-            if owner is None:
-                # Let go of (pooled, or its exchange ended) and the origin still talks.
-                end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, Phase.IDLE, self)
-                return
-            owner.upstream_event(event)
+                    relay.from_upstream(event.data)
+        elif events:
+            # Pooled (or closing) and the origin still talks: its framing and ours disagree.
+            end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, Phase.IDLE, self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         ending = self.ending_of(reason)
@@ -223,7 +227,8 @@ class UpstreamConnection(Leg):
     @property
     def reusable(self) -> bool:
         """Still connected, and nothing odd was seen on it."""
-        return self.open and self.ready and not self.reader.spurious
+        # (A connection we abort or close is let go of first: it is never offered back.)
+        return self.ended is None and self.ready and not self.reader.spurious
 
 
 class OneShotFactory(Factory):
