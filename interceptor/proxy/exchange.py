@@ -27,6 +27,7 @@ from .events import (
     RequestEvent,
     RequestHead,
 )
+from .headers import forwarded_request_headers
 from .lifecycle import Action, Ending, Phase, Side, connect_ending, connect_failure
 from .response import ResponseSide
 from .states import PHASES, State, Step
@@ -93,7 +94,7 @@ class Exchange(ResponseSide):
             return
         default_port = 443 if scheme == "https" else 80
         authority = format_authority(host, port, default_port).encode("ascii")
-        headers = http1.forwarded_request_headers(head, authority)
+        headers = forwarded_request_headers(head, authority)
         flow = self.flow
         method = head.method.decode("ascii")
         flow.request = req = Request(method, scheme, host, port, path, headers, head.version)

@@ -28,6 +28,7 @@ from .events import (
     ResponseHead,
     Upgraded,
 )
+from .headers import strip_hop_by_hop
 from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
 from .states import MOVES, State, Step
@@ -165,7 +166,7 @@ class ResponseSide:
             return
         flow = self.flow
         flow.response = resp = Response(
-            head.status, head.reason, http1.strip_hop_by_hop(head.headers)
+            head.status, head.reason, strip_hop_by_hop(head.headers)
         )
         self.ctx.hooks.response(flow)
         data, self.out_framing, self.keep_alive = http1.client_response_head(

@@ -1,0 +1,68 @@
+"""Which headers go where: the hop-by-hop ones stop at the proxy (RFC 9110 7.6.1), ours are
+added. No I/O; the readers and writer in http1 use these."""
+
+from __future__ import annotations
+
+from .events import CHUNKED, Headers, RequestHead
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+# Header names are lowered only when their length could make them one we drop: most headers
+# of a request or response are none of these, and this runs for every header.
+_HOP_LENGTHS = frozenset(len(name) for name in HOP_BY_HOP)
+
+
+def upgrade_value(headers: Headers) -> bytes:
+    """The Upgrade header's value (b"" if there is none)."""
+    for name, value in headers:
+        if name.lower() == b"upgrade":
+            return value
+    return b""
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Headers minus hop-by-hop ones, including those the Connection header names."""
+    out = []
+    named: set[bytes] | None = None
+    for name, value in headers:
+        if len(name) in _HOP_LENGTHS:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")} - _NOT_NAMES
+                    named = tokens if named is None else named | tokens
+                continue
+        out.append((name, value))
+    if named:
+        # Connection names further headers to drop; they may have come before it.
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return out
+
+
+# Connection tokens that name no header we would still forward.
+_NOT_NAMES = HOP_BY_HOP | {b"close"}
+
+
+def forwarded_request_headers(head: RequestHead, authority: bytes) -> Headers:
+    """The headers a request goes upstream with: our Host first, no hop-by-hop ones."""
+    headers = [(b"Host", authority)]
+    for name, value in strip_hop_by_hop(head.headers):
+        if name.lower() != b"host":
+            headers.append((name, value))
+    if head.framing is CHUNKED:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if head.upgrade:
+        headers += [(b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+    return headers
