@@ -226,6 +226,34 @@ def test_bytes_after_head_response_are_spurious():
     assert r.spurious
 
 
+@pytest.mark.parametrize("status", [204, 304])
+def test_bytes_after_a_bodiless_response_are_spurious(status):
+    # llhttp ends a 204/304 at its head; what follows would be read as the next request's answer.
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    r = read_response(b"HTTP/1.1 %d X\r\n\r\n" % status + stray)
+    assert kinds(r.events) == [HEAD, END, ERROR]
+    assert payload(r.events[2]).status == 502
+    assert r.spurious
+
+
+def test_a_second_response_nobody_asked_for_is_spurious():
+    r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    assert kinds(r.events) == [HEAD, BODY, END] and not r.spurious
+    r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ny")
+    assert kind(r.events[-1]) == ERROR and r.spurious
+    r = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", head_only=True)
+    r.feed(b"HTTP/1.1 200 OK\r\n\r\n")  # after a HEAD response, the parser starts afresh
+    assert kind(r.events[-1]) == ERROR and r.spurious
+
+
+def test_interim_then_final_is_all_one_response():
+    r = read_response(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert kinds(r.events) == [INFO, INFO, HEAD, END] and not r.spurious
+
+
 def test_garbage_response_is_an_error():
     r = read_response(b"SMTP ready\r\n")
     assert kind(r.events[-1]) == ERROR and payload(r.events[-1]).status == 502

@@ -673,6 +673,51 @@ def test_interim_response_with_body_cannot_answer_for_anything(
     assert_still_serving(proxy, origin)
 
 
+@pytest.mark.parametrize("status", [204, 304, "HEAD"])
+def test_bodiless_response_with_stray_bytes_is_answered_and_not_reused(
+    proxy: ProxyProcess, origin: OriginServer, status: int | str
+) -> None:
+    # The stray bytes look like a response: pooled, the connection would hand them to the next
+    # request to this origin as its answer.
+    method = "HEAD" if status == "HEAD" else "GET"
+    code = 200 if status == "HEAD" else status
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    head = b"HTTP/1.1 %d Fine\r\nContent-Length: 6\r\n\r\n" % code
+    if code != 200:
+        head = b"HTTP/1.1 %d Fine\r\n\r\n" % code
+    origin.route("/empty", respond_raw(head + stray))
+    origin.route("/next", respond(b"the real one"))
+    with RawConnection(proxy.port) as conn:
+        # Pipelined: the second request is ready to take the pooled connection at once.
+        conn.send(
+            request_bytes(method, origin.url("/empty"), [("Host", origin.authority)])
+            + get(origin.url("/next"))
+        )
+        first = conn.read_response(method=method)
+        assert first.status == code and first.body == b""
+        second = conn.read_response()
+        assert second.status == 200 and second.body == b"the real one"
+    assert origin.accepts == 2, "the connection that sent stray bytes was used again"
+
+
+def test_valid_request_then_pipelined_garbage_is_answered_first(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    # The upstream executes the POST: its answer must reach the client (a client that saw
+    # only a reset would retry it), and only then the garbage is refused.
+    origin.route("/post", echo())
+    with RawConnection(proxy.port) as conn:
+        conn.send(request_bytes("POST", origin.url("/post"), [("Host", origin.authority)], b"once"))
+        conn.send(b"\x00\x01 NOT HTTP AT ALL\r\n\r\n")
+        first = conn.read_response()
+        assert first.status == 200 and first.body == b"once"
+        refused = conn.read_response()
+        assert refused.status == 400
+        assert_one_line_reason(refused)
+        assert conn.wait_closed(timeout=5)
+    assert [r.path for r in origin.requests] == ["/post"]
+
+
 DEATHS = {
     "content-length-fin": (False, False),
     "content-length-rst": (False, True),

@@ -199,13 +199,22 @@ class ResponseReader(_Reader):
         self.head_only = False  # the request was HEAD: llhttp cannot be told, so we cut it short
         self.head_done = False
         self.spurious = False  # bytes arrived that no request asked for: never reuse this one
+        self._owed = False  # a request was sent and its final response has not ended yet
 
     def expect(self, head_only: bool) -> None:
         """Arm for the response to the request about to be sent."""
         self.head_only = head_only
         self.head_done = False
+        self._owed = True
 
     def on_message_begin(self) -> None:
+        if not self._owed:
+            # A response nobody asked for: what follows a 204 or 304 (which llhttp ends at
+            # the head) or a response after the last one. The next request on this
+            # connection would read it as its answer.
+            self.spurious = True
+            self._error = ProtocolError(502, "upstream sent bytes after its response")
+            raise self._error
         super().on_message_begin()
         self._reason = b""
 
@@ -245,6 +254,7 @@ class ResponseReader(_Reader):
             ResponseHead(status, self._reason, version, self._headers, keep_alive, framing)
         )
         if self.head_only:
+            self._owed = False
             self.events.append(END)
 
     def on_body(self, body: bytes) -> None:
@@ -257,6 +267,7 @@ class ResponseReader(_Reader):
         if self.head_only:
             return
         if self.head_done:
+            self._owed = False
             self.events.append(END)
 
     def feed(self, data: bytes) -> None:
