@@ -133,6 +133,13 @@ def test_refused_requests(raw, status):
     assert "\n" not in payload(ev[-1]).reason
 
 
+def test_two_host_headers_are_refused():
+    ev = read_request(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n")
+    assert kinds(ev) == [ERROR] and payload(ev[0]).status == 400
+    assert payload(ev[0]).reason == "more than one Host header"
+    assert kinds(read_request(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n")) == [HEAD, END]
+
+
 def test_head_that_never_ends_is_bounded():
     r = RequestReader()
     r.feed(b"GET http://a/ HTTP/1.1\r\nX: ")

@@ -809,6 +809,49 @@ def test_strict_framing_400_nothing_forwarded(
     assert_nothing_reached_origin(proxy, origin)
 
 
+LENIENT_TARGETS = {
+    "port-0": ("GET http://{host}:0/t HTTP/1.1\r\nHost: {host}\r\n\r\n", "port out of range"),
+    "userinfo": (
+        "GET http://user:pw@{authority}/t HTTP/1.1\r\nHost: {authority}\r\n\r\n",
+        "userinfo",
+    ),
+    "bracketed-ipv4": (
+        "GET http://[{host}]:{port}/t HTTP/1.1\r\nHost: {authority}\r\n\r\n",
+        "only an IPv6 address may stand in brackets",
+    ),
+    "two-host-headers": (
+        "GET http://{authority}/t HTTP/1.1\r\nHost: {authority}\r\nHost: other\r\n\r\n",
+        "more than one Host header",
+    ),
+    "same-host-twice": (
+        "GET http://{authority}/t HTTP/1.1\r\nHost: {authority}\r\nHost: {authority}\r\n\r\n",
+        "more than one Host header",
+    ),
+    "connect-port-0": (
+        "CONNECT {host}:0 HTTP/1.1\r\nHost: {host}:0\r\n\r\n",
+        "CONNECT target must be host:port",
+    ),
+    "connect-bracketed-ipv4": (
+        "CONNECT [{host}]:{port} HTTP/1.1\r\nHost: {authority}\r\n\r\n",
+        "CONNECT target must be host:port",
+    ),
+}
+
+
+@pytest.mark.parametrize(("template", "reason"), LENIENT_TARGETS.values(), ids=LENIENT_TARGETS)
+def test_lenient_targets_refused(
+    proxy: ProxyProcess, origin: OriginServer, template: str, reason: str
+) -> None:
+    # RFC 9110 4.2.4 (no userinfo), 3986 3.2.2 (brackets are for IPv6), 9112 3.2 (one Host).
+    origin.route("/t", respond(b"should not be reached"))
+    data = template.format(host=origin.host, port=origin.port, authority=origin.authority)
+    resp, conn = exchange(proxy.port, data.encode())
+    conn.close()
+    assert resp.status == 400
+    assert reason in assert_one_line_reason(resp)
+    assert_nothing_reached_origin(proxy, origin)
+
+
 @pytest.mark.parametrize(
     "request_text",
     [

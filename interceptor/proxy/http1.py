@@ -53,6 +53,7 @@ class _Reader:
         self._fed_in_head = 0
         self._error: ProtocolError | None = None
         self._length = self._chunked = self._other_coding = False
+        self._hosts = 0
 
     def on_message_begin(self) -> None:
         self._headers = []
@@ -60,6 +61,7 @@ class _Reader:
         self.in_head = True
         self._fed_in_head = 0
         self._length = self._chunked = self._other_coding = False
+        self._hosts = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         n = len(name)
@@ -80,6 +82,8 @@ class _Reader:
                     self._chunked = True
                 else:
                     self._other_coding = True
+        elif n == 4 and name.lower() == b"host":
+            self._hosts += 1
 
     def _framing(self) -> Framing:
         """The body framing of the head just read (llhttp validated Content-Length)."""
@@ -130,6 +134,10 @@ class RequestReader(_Reader):
         version = parser.get_http_version()
         if version not in _VERSIONS:
             self._error = ProtocolError(505, f"HTTP/{version} is not supported")
+            raise self._error
+        if self._hosts > 1:
+            # Which one names the target is ambiguous (RFC 9112 3.2: 400).
+            self._error = ProtocolError(400, "more than one Host header")
             raise self._error
         try:
             framing = self._framing()
