@@ -9,10 +9,12 @@ Stop order: stop accepting, mark draining (readiness fails), let in-flight excha
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -22,9 +24,9 @@ from .addons.accesslog import AccessLog
 from .addons.capage import CAPage
 from .addons.chain import AddonError, HookChain, load_addons
 from .config import Config
-from .hosts import HostPatterns
+from .hosts import HostPatterns, IPAddress, parse_ip
 from .logs import StdoutObserver
-from .proxy.context import ProxyContext, TunnelOwner
+from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
 from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
@@ -128,6 +130,14 @@ class ProxyService(Service):
             self.ports.append(self._listen(description, factory))
             _log.info("proxy listening on {endpoint}", endpoint=description)
         self._start_admin()
+        self.ctx.own = OwnAddresses(
+            [
+                (address.host, address.port)
+                for p in self.ports + self.admin_ports
+                if isinstance(address := p.getHost(), IPv4Address | IPv6Address)
+            ],
+            _local_addresses(),
+        )
         self.ready = True
 
     def _stop_when_running(self, signum: int, frame: Any) -> None:
@@ -248,3 +258,17 @@ class ProxyService(Service):
         # drained stop is a success, and orchestrators read anything else as a crash.
         if hasattr(self.reactor, "_exitSignal"):
             self.reactor._exitSignal = None
+
+
+def _local_addresses() -> frozenset[IPAddress]:
+    """This machine's addresses as its own name resolves (best effort: no network needed)."""
+    found: set[IPAddress] = set()
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        infos = []
+    for info in infos:
+        ip = parse_ip(str(info[4][0]))
+        if ip is not None:
+            found.add(ip)
+    return frozenset(found)

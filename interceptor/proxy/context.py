@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -10,6 +11,7 @@ from twisted.python.failure import Failure
 
 from ..addons.chain import HookChain
 from ..flow import Flow
+from ..hosts import IPAddress, parse_ip
 from ..process import Counters
 from .upstream import Pool
 
@@ -36,6 +38,44 @@ class TunnelOwner(Protocol):
 Intercept = Callable[[str, int], IOpenSSLContextFactory]
 # tunnel_connect(host, port, owner) -> the upstream leg of a passthrough tunnel, connecting
 TunnelConnect = Callable[[str, int, TunnelOwner], "TunnelUpstream"]
+
+
+class OwnAddresses:
+    """The addresses this process listens on (proxy, admin...): a destination there would be
+    the proxy talking to itself, hop after hop, until descriptors run out.
+
+    Checked before connecting, for IP literals and `localhost` (after `[upstream] hosts`): a
+    listener on 0.0.0.0 or :: takes every address of this machine that we know of.
+    """
+
+    def __init__(self, listening: list[tuple[str, int]], local: frozenset[IPAddress]) -> None:
+        self._exact = {(parse_ip(host), port) for host, port in listening}
+        self._wildcard_ports = {
+            port for ip, port in self._exact if ip is not None and ip.is_unspecified
+        }
+        self._local = local
+
+    def __contains__(self, destination: tuple[str, int]) -> bool:
+        host, port = destination
+        ips: tuple[IPAddress | None, ...] = _LOCALHOST if host == "localhost" else (parse_ip(host),)
+        for ip in ips:
+            if ip is None:
+                continue
+            if ip.is_unspecified:  # a connect to 0.0.0.0 or :: reaches this machine's loopback
+                ip = _LOCALHOST[0] if ip.version == 4 else _LOCALHOST[1]
+            if (ip, port) in self._exact:
+                return True
+            if port in self._wildcard_ports and (
+                ip.is_loopback or ip.is_unspecified or ip in self._local
+            ):
+                return True
+        return False
+
+
+_LOCALHOST: tuple[IPAddress, IPAddress] = (
+    ipaddress.IPv4Address("127.0.0.1"),
+    ipaddress.IPv6Address("::1"),
+)
 
 
 class ProxyContext:
@@ -66,6 +106,8 @@ class ProxyContext:
         self.passthrough = passthrough or _never
         self.tunnel_connect = tunnel_connect
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage
+        # Set by the service once it listens; destinations there are refused (403).
+        self.own = OwnAddresses([], frozenset())
         self.sessions: set[Session] = set()
         self.draining = False
         self._closed: list[Callable[[], None]] = []

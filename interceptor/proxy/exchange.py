@@ -102,6 +102,8 @@ class Exchange(ResponseSide):
         if flow.local is not None:
             self.answer(*flow.local)
             return
+        if self._to_ourselves(req.host, req.port):
+            return
         self._request_bytes = http1.request_head(req.method.encode("ascii"), req.path, req.headers)
         self._key = (req.scheme, req.host, req.port)
         conn = self.ctx.pool.acquire(self._key, self)
@@ -127,6 +129,8 @@ class Exchange(ResponseSide):
             self.answer_error(400, "CONNECT target must be host:port")
             return
         self.flow.request = Request("CONNECT", "https", host, port, b"", head.headers, head.version)
+        if self._to_ourselves(host, port):
+            return
         if session.intercepted is not None:
             self.answer_error(400, "CONNECT inside an intercepted tunnel")
         elif ctx.passthrough(host) or ctx.intercept is None:
@@ -140,6 +144,14 @@ class Exchange(ResponseSide):
             self.flow.status = 200
             self.upgrade()
             session.intercept(ctx.intercept(host, port), host, port)
+
+    def _to_ourselves(self, host: str, port: int) -> bool:
+        """Refuse (403) a destination that is one of this process's own listeners."""
+        address = self.ctx.pool.hosts.get(host, host)
+        if (address, port) not in self.ctx.own:
+            return False
+        self.answer_error(403, f"{format_authority(host, port)} is this proxy itself")
+        return True
 
     @property
     def gone(self) -> bool:

@@ -37,9 +37,6 @@ from .headers import strip_hop_by_hop, upgrade_value
 MAX_HEAD = 64 * 1024
 
 
-
-
-
 class _Reader:
     """Shared llhttp callback plumbing for both directions."""
 

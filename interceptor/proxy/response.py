@@ -165,9 +165,7 @@ class ResponseSide:
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, "unexpected upstream response")
             return
         flow = self.flow
-        flow.response = resp = Response(
-            head.status, head.reason, strip_hop_by_hop(head.headers)
-        )
+        flow.response = resp = Response(head.status, head.reason, strip_hop_by_hop(head.headers))
         self.ctx.hooks.response(flow)
         data, self.out_framing, self.keep_alive = http1.client_response_head(
             resp.status, resp.reason, resp.headers, head.framing, self.http10, self.keep_alive

@@ -1,0 +1,90 @@
+"""Safe at the edges, through a real twistd: the proxy never becomes a path to itself.
+
+A destination that is one of the process's own listeners (the proxy port, the admin port) is
+refused with 403 before anything connects: asked to reach itself, a proxy otherwise nests hop
+inside hop until its descriptors run out, and its admin endpoint (metrics; later the flow UI)
+would be readable by anyone who can use the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.storm import fd_count
+from tests.support import (
+    OriginServer,
+    ProxyProcess,
+    RawConnection,
+    exchange,
+    get,
+    respond,
+    wait_for,
+)
+from tests.test_operations import start_with_admin
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def one_line(body: bytes) -> str:
+    text = body.decode()
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    return text.strip()
+
+
+def test_admin_endpoint_is_not_reachable_through_the_proxy(
+    proxy_factory: Callable[..., ProxyProcess],
+) -> None:
+    proxy, admin_port = start_with_admin(proxy_factory)
+    for host in ("127.0.0.1", "localhost"):
+        resp, conn = exchange(proxy.port, get(f"http://{host}:{admin_port}/metrics"))
+        conn.close()
+        assert resp.status == 403, resp.body
+        assert one_line(resp.body) == f"{host}:{admin_port} is this proxy itself"
+        assert b"interceptor_" not in resp.body
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1", "localhost", "[::1]", "0.0.0.0"])
+def test_requests_to_the_proxy_itself_are_refused(proxy: ProxyProcess, target: str) -> None:
+    resp, conn = exchange(proxy.port, get(f"http://{target}:{proxy.port}/"))
+    conn.close()
+    if target == "[::1]":
+        # The proxy listens on 127.0.0.1 only: ::1 is not it (nothing listens there).
+        assert resp.status == 502, resp.body
+    else:
+        assert resp.status == 403, resp.body
+        assert "is this proxy itself" in one_line(resp.body)
+
+
+@pytest.mark.parametrize("passthrough", [False, True], ids=["intercept", "passthrough"])
+def test_a_thousand_connects_to_the_proxy_itself(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer, passthrough: bool
+) -> None:
+    config = '[tls]\npassthrough = ["127.0.0.1", "localhost"]\n' if passthrough else ""
+    proxy = proxy_factory(config)
+    origin.route("/ok", respond(b"still serving"))
+    baseline = fd_count(proxy.pid)
+    connects = b"".join(
+        f"CONNECT 127.0.0.1:{proxy.port} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n\r\n".encode()
+        for _ in range(1000)
+    )
+    with RawConnection(proxy.port) as storm:
+        storm.send(connects)
+        # Another client is served meanwhile.
+        resp, conn = exchange(proxy.port, get(origin.url("/ok")))
+        conn.close()
+        assert resp.status == 200 and resp.body == b"still serving"
+        refused = storm.read_response(method="CONNECT")
+        assert refused.status == 403
+        assert one_line(refused.body) == f"127.0.0.1:{proxy.port} is this proxy itself"
+        # What followed the first CONNECT is not HTTP to this connection any more: it closes.
+        assert storm.wait_closed(timeout=10)
+    # Only the other client's request went anywhere: one upstream connection, now pooled, is
+    # the one descriptor the proxy may hold beyond its baseline.
+    assert origin.accepts == 1
+    wait_for(
+        lambda: fd_count(proxy.pid) <= baseline + 1,
+        timeout=10,
+        message=lambda: f"descriptors {fd_count(proxy.pid)} > baseline {baseline} + 1 pooled",
+    )
