@@ -19,6 +19,7 @@ from tests.support import (
     RawConnection,
     exchange,
     get,
+    request_bytes,
     respond,
     wait_for,
 )
@@ -88,3 +89,51 @@ def test_a_thousand_connects_to_the_proxy_itself(
         timeout=10,
         message=lambda: f"descriptors {fd_count(proxy.pid)} > baseline {baseline} + 1 pooled",
     )
+
+
+def test_options_with_max_forwards_zero_is_answered_by_the_proxy(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    origin.route("/o", respond(b"origin"))
+    data = request_bytes(
+        "OPTIONS", origin.url("/o"), [("Host", origin.authority), ("Max-Forwards", "0")]
+    )
+    resp, conn = exchange(proxy.port, data)
+    conn.close()
+    assert resp.status == 200 and resp.body == b""
+    assert "OPTIONS" in (resp.header("allow") or "")
+    assert origin.requests == []
+
+
+def test_trace_with_max_forwards_zero_echoes_the_request_without_credentials(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    headers = [
+        ("Host", origin.authority),
+        ("Max-Forwards", "0"),
+        ("X-Probe", "seen"),
+        ("Cookie", "session=secret"),
+        ("Authorization", "Basic c2VjcmV0"),
+    ]
+    resp, conn = exchange(proxy.port, request_bytes("TRACE", origin.url("/t"), headers))
+    conn.close()
+    assert resp.status == 200
+    assert resp.header("content-type") == "message/http"
+    assert resp.body.startswith(f"TRACE {origin.url('/t')} HTTP/1.1\r\n".encode())
+    assert b"X-Probe: seen" in resp.body
+    assert b"secret" not in resp.body and b"c2VjcmV0" not in resp.body
+    assert origin.requests == []
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
+def test_max_forwards_is_decremented_on_the_way(
+    proxy: ProxyProcess, origin: OriginServer, method: str
+) -> None:
+    origin.route("/m", respond(b"origin"))
+    data = request_bytes(
+        method, origin.url("/m"), [("Host", origin.authority), ("Max-Forwards", "3")]
+    )
+    resp, conn = exchange(proxy.port, data)
+    conn.close()
+    assert resp.status == 200 and resp.body == b"origin"
+    assert [r.header("max-forwards") for r in origin.requests] == ["2"]

@@ -7,9 +7,11 @@ checker sees every payload.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 Headers = list[tuple[bytes, bytes]]
+ExtraHeaders = Sequence[tuple[bytes, bytes]]  # headers we add to an answer of our own
 
 
 class Framing(Enum):

@@ -23,11 +23,12 @@ from .events import (
     NO_BODY,
     UNTIL_CLOSE,
     Body,
+    ExtraHeaders,
     ProtocolError,
     RequestEvent,
     RequestHead,
 )
-from .headers import forwarded_request_headers
+from .headers import forwarded_request_headers, max_forwards, with_max_forwards
 from .lifecycle import Action, Ending, Phase, Side, connect_ending, connect_failure
 from .response import ResponseSide
 from .states import PHASES, State, Step
@@ -104,6 +105,17 @@ class Exchange(ResponseSide):
             return
         if self._to_ourselves(req.host, req.port):
             return
+        if method == "OPTIONS" or method == "TRACE":
+            # RFC 9110 7.6.2: at 0 we are the final recipient; else one hop fewer remains.
+            hops = max_forwards(req.headers)
+            if hops == 0:
+                if method == "TRACE":
+                    self.answer(200, b"message/http", http1.trace_echo(head))
+                else:
+                    self.answer(200, http1.TEXT, b"", http1.ALLOW)
+                return
+            if hops is not None:
+                req.headers = with_max_forwards(req.headers, hops - 1)
         self._request_bytes = http1.request_head(req.method.encode("ascii"), req.path, req.headers)
         self._key = (req.scheme, req.host, req.port)
         conn = self.ctx.pool.acquire(self._key, self)
@@ -206,7 +218,9 @@ class Exchange(ResponseSide):
         self.ctx.hooks.error(self.flow)
         self.answer(status, http1.TEXT, http1.text_body(text))
 
-    def answer(self, status: int, content_type: bytes, body: bytes) -> None:
+    def answer(
+        self, status: int, content_type: bytes, body: bytes, extra: ExtraHeaders = ()
+    ) -> None:
         """Answer ourselves. A request body not yet read in full ends the connection: the client
         may never send the rest (it may be waiting for 100 Continue)."""
         if not self.request_complete and not self.session.drop_request_body():
@@ -218,7 +232,7 @@ class Exchange(ResponseSide):
         flow.bytes_out = len(body)
         self._to(Step.ANSWER)
         self.session.client.write(
-            http1.local_response(status, content_type, body, not self.keep_alive)
+            http1.local_response(status, content_type, body, not self.keep_alive, extra)
         )
         self._complete()
 

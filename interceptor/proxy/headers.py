@@ -66,3 +66,29 @@ def forwarded_request_headers(head: RequestHead, authority: bytes) -> Headers:
     if head.upgrade:
         headers += [(b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
     return headers
+
+
+def max_forwards(headers: Headers) -> int | None:
+    """The Max-Forwards value (RFC 9110 7.6.2), or None if absent or not a number."""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"max-forwards":
+            value = value.strip()
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def with_max_forwards(headers: Headers, hops: int) -> Headers:
+    """`headers` with Max-Forwards set to `hops`."""
+    return [
+        (name, b"%d" % hops) if name.lower() == b"max-forwards" else (name, value)
+        for name, value in headers
+    ]
+
+
+# Not echoed by TRACE (RFC 9110 9.3.8: exclude fields likely to carry sensitive data).
+_NOT_TRACED = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+
+
+def traceable(headers: Headers) -> Headers:
+    """The headers a TRACE answer may echo."""
+    return [(name, value) for name, value in headers if name.lower() not in _NOT_TRACED]

@@ -21,6 +21,7 @@ from .events import (
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
+    ExtraHeaders,
     Framing,
     Headers,
     Interim,
@@ -32,7 +33,7 @@ from .events import (
     TunnelData,
     Upgraded,
 )
-from .headers import strip_hop_by_hop, upgrade_value
+from .headers import strip_hop_by_hop, traceable, upgrade_value
 
 MAX_HEAD = 64 * 1024
 
@@ -371,15 +372,25 @@ def reason_phrase(status: int) -> bytes:
         return b"Status"
 
 
-def local_response(status: int, content_type: bytes, body: bytes, close: bool) -> bytes:
+def local_response(
+    status: int, content_type: bytes, body: bytes, close: bool, extra: ExtraHeaders = ()
+) -> bytes:
     """A complete response we make ourselves (errors, pages, answers from hooks)."""
-    headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body))]
+    headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body)), *extra]
     if close:
         headers.append((b"Connection", b"close"))
     return response_head(status, reason_phrase(status), headers) + body
 
 
 TEXT = b"text/plain; charset=utf-8"
+
+# What we answer to OPTIONS as its final recipient (Max-Forwards: 0).
+ALLOW = [(b"Allow", b"GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH")]
+
+
+def trace_echo(head: RequestHead) -> bytes:
+    """The body of a TRACE answer: the request as received (message/http)."""
+    return request_head(head.method, head.target, traceable(head.headers))
 
 
 def text_body(text: str) -> bytes:
