@@ -58,6 +58,14 @@ class _Collector:
             m.add_metric([reason], n)
         yield m
         m = CounterMetricFamily(
+            "interceptor_access_refusals",
+            "Clients refused by [access]: address (403) or credentials (407)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(c.refused.items()):
+            m.add_metric([reason], n)
+        yield m
+        m = CounterMetricFamily(
             "interceptor_responses", "Responses to clients by status class", labels=["class"]
         )
         for cls, n in sorted(c.responses.items()):

@@ -16,6 +16,7 @@ Nothing here touches the reactor, and the only I/O is reading the one configurat
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from .text import one_line
 
 __all__ = [
     "DEFAULT_CONFIG_ENV",
+    "AccessConfig",
     "AdminConfig",
     "Config",
     "ConfigError",
@@ -141,6 +143,19 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """Who may use the proxy: client networks, and an htpasswd file of bcrypt credentials."""
+
+    allow: tuple[str, ...] = ()
+    users_file: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", tuple(self.allow))
+        if self.users_file:
+            object.__setattr__(self, "users_file", _expand_user(self.users_file))
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Process resource limits. ``max_open_files=None`` means raise the soft limit to hard."""
 
@@ -179,6 +194,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -190,6 +206,7 @@ _SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig,
     "upstream": UpstreamConfig,
     "tls": TLSConfig,
+    "access": AccessConfig,
     "limits": LimitsConfig,
     "admin": AdminConfig,
     "log": LogConfig,
@@ -491,6 +508,28 @@ def _path(value: object) -> object:
     return _expand_user(str(value)) if value else value
 
 
+def _networks(value: object) -> object:
+    networks = cast("tuple[str, ...]", value)  # _STRS.coerce has run
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise _Invalid(f"must be IP addresses or networks (CIDR), got {network!r}") from None
+    return networks
+
+
+def _users_file(value: object) -> object:
+    # Read now, so a missing or malformed file is a one-line error at start-up, exit 2.
+    from .access import UsersFileError, read_users
+
+    if value:
+        try:
+            read_users(str(value))
+        except UsersFileError as error:
+            raise _Invalid(str(error)) from None
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # The schema. One entry per setting; it drives the file, environment and command-line paths.
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +597,10 @@ _FIELDS: tuple[_Field, ...] = (
        "Number of forged leaf certificates kept in memory."),
     _F("tls", "ca_page_host", _STR, "interceptor.ca", (_hostname,),
        "Host name at which the proxy serves its CA certificate for download."),
+    _F("access", "allow", _STRS, [], (_networks,),
+       "Client addresses or networks (CIDR) allowed to use the proxy; empty allows all."),
+    _F("access", "users_file", _STR, "", (_path, _users_file),
+       "htpasswd file of bcrypt entries (htpasswd -B); if set, clients must authenticate."),
     _F("limits", "max_open_files", _MAX_FILES, "hard", (_at_least(64),),
        'Open-file soft limit to set at startup: "hard" (raise to the hard limit) or >= 64.'),
     _F("admin", "listen", _STRS, ["tcp:8081:interface=127.0.0.1"], (_endpoints(required=False),),

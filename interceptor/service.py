@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from . import process, tls
+from .access import Access, Users
 from .addons.accesslog import AccessLog
 from .addons.capage import CAPage
 from .addons.chain import AddonError, HookChain, load_addons
@@ -130,6 +132,17 @@ class ProxyService(Service):
             self.ports.append(self._listen(description, factory))
             _log.info("proxy listening on {endpoint}", endpoint=description)
         self._start_admin()
+        self.ctx.access = access = self._access()
+        if access.open:
+            for port in self.ports:
+                address = port.getHost()
+                ip = parse_ip(str(getattr(address, "host", "")))
+                if ip is None or not ip.is_loopback:
+                    _log.warn(
+                        "proxy listening beyond loopback ({host}) with neither [access] allow "
+                        "nor users_file: an open proxy for anyone who can reach it",
+                        host=getattr(address, "host", address),
+                    )
         self.ctx.own = OwnAddresses(
             [
                 (address.host, address.port)
@@ -139,6 +152,17 @@ class ProxyService(Service):
             _local_addresses(),
         )
         self.ready = True
+
+    def _access(self) -> Access:
+        cfg = self.config.access
+        users = None
+        if cfg.users_file:
+            # bcrypt checks take milliseconds by design: they run in the reactor's threads.
+            def in_thread(check: Callable[[], bool]) -> defer.Deferred[bool]:
+                return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check)
+
+            users = Users(cfg.users_file, in_thread)
+        return Access(cfg.allow, users)
 
     def _stop_when_running(self, signum: int, frame: Any) -> None:
         self.reactor.callWhenRunning(self.reactor.stop)

@@ -14,6 +14,7 @@ import pytest
 from interceptor import config as config_module
 from interceptor.config import (
     DEFAULT_CONFIG_ENV,
+    AccessConfig,
     AdminConfig,
     Config,
     ConfigError,
@@ -33,6 +34,7 @@ SECTION_CLASSES = {
     "proxy": ProxyConfig,
     "upstream": UpstreamConfig,
     "tls": TLSConfig,
+    "access": AccessConfig,
     "limits": LimitsConfig,
     "admin": AdminConfig,
     "log": LogConfig,
@@ -477,9 +479,13 @@ def test_env_hosts() -> None:
     assert dict(cfg.upstream.hosts) == {"a.example": "127.0.0.1", "b.example": "::1"}
 
 
-def test_every_key_has_a_working_env_var() -> None:
+def test_every_key_has_a_working_env_var(tmp_path: Path) -> None:
     # Feed each default back through its environment variable in environment syntax.
+    users = tmp_path / "users"
+    users.write_text("alice:$2y$05$" + "a" * 53 + "\n")
     samples = {
+        "access.allow": "10.0.0.0/8, 192.0.2.7",
+        "access.users_file": str(users),
         "proxy.listen": "tcp:1234",
         "upstream.hosts": "h=1.2.3.4",
         "tls.passthrough": "*.x",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.python.failure import Failure
 
+from ..access import Access
 from ..addons.chain import HookChain
 from ..flow import Flow
 from ..hosts import IPAddress, parse_ip
@@ -108,6 +109,7 @@ class ProxyContext:
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage
         # Set by the service once it listens; destinations there are refused (403).
         self.own = OwnAddresses([], frozenset())
+        self.access = Access()  # who may use the proxy ([access]); the service sets it
         self.sessions: set[Session] = set()
         self.draining = False
         self._closed: list[Callable[[], None]] = []

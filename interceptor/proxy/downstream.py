@@ -44,6 +44,7 @@ class ClientConnection(Leg):
         super().__init__(ctx.clock, ctx.counters, registry)
         self.ctx = ctx
         self.peer = "-"
+        self.peer_host = ""  # the client's address alone, for the access policy
         self.session = Session(ctx, self)
         self._last = 0.0
         self._head_started = 0.0
@@ -55,6 +56,7 @@ class ClientConnection(Leg):
         peer = self.stream.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
         self.peer = f"{host}:{port}" if host is not None else "unix"
+        self.peer_host = host if host is not None else ""
         self.stream.registerProducer(self._buffer_signal(), True)
         clock = self.clock
         self._last = clock.seconds()

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
+from ..access import Refusal
 from ..flow import Flow, Request
 from ..hosts import format_authority
 from . import http1
@@ -28,8 +29,13 @@ from .events import (
     RequestEvent,
     RequestHead,
 )
-from .headers import forwarded_request_headers, max_forwards, with_max_forwards
-from .lifecycle import Action, Ending, Phase, Side, connect_ending, connect_failure
+from .headers import (
+    forwarded_request_headers,
+    max_forwards,
+    proxy_authorization,
+    with_max_forwards,
+)
+from .lifecycle import Action, Ending, Phase, Side
 from .response import ResponseSide
 from .states import PHASES, State, Step
 from .targets import parse_target, split_authority
@@ -37,13 +43,12 @@ from .upstream import Key
 
 if TYPE_CHECKING:
     from .session import Session
-    from .tunnel import TunnelUpstream
 
 
 class Exchange(ResponseSide):
     """One request/response on a client connection (or one refused request)."""
 
-    __slots__ = ("refusal", "_key")
+    __slots__ = ("refusal", "admitted", "_key")
 
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
@@ -58,6 +63,7 @@ class Exchange(ResponseSide):
         self._request_bytes = b""
         self._key: Key = ("", "", 0)
         self.refusal: ProtocolError | None = None
+        self.admitted = False  # [access] let this request through
         if isinstance(head, ProtocolError):
             self.refusal = head
             self.head = RequestHead(b"", b"", "1.1", [], False, NO_BODY)
@@ -83,6 +89,8 @@ class Exchange(ResponseSide):
         if self.refusal is not None:
             self.request_complete = True
             self.answer_error(self.refusal.status, self.refusal.reason)
+            return
+        if not self.admitted and not self._admit():
             return
         head = self.head
         if head.method == b"CONNECT":
@@ -157,6 +165,32 @@ class Exchange(ResponseSide):
             self.upgrade()
             session.intercept(ctx.intercept(host, port), host, port)
 
+    def _admit(self) -> bool:
+        """[access]: False if refused, or while a credential is checked (in a thread)."""
+        access = self.ctx.access
+        if self.session.intercepted is not None or access.open:
+            self.admitted = True  # inside a CONNECT that was admitted, or nothing to check
+            return True
+        verdict = access.admit(
+            self.session.client.peer_host, proxy_authorization(self.head.headers)
+        )
+        if isinstance(verdict, Deferred):
+            verdict.addCallback(self._admission, resume=True)
+            return False
+        self._admission(verdict, resume=False)
+        return self.admitted
+
+    def _admission(self, refusal: Refusal | None, resume: bool) -> None:
+        if self.state is not State.QUEUED or self.session.closed:
+            return  # answered or cut while the credential was checked
+        if refusal is None:
+            self.admitted = True
+            if resume:
+                self.start()
+        else:
+            self.ctx.counters.refused[refusal.reason] += 1
+            self.answer_error(refusal.status, refusal.text, refusal.headers)
+
     def _to_ourselves(self, host: str, port: int) -> bool:
         """Refuse (403) a destination that is one of this process's own listeners."""
         address = self.ctx.pool.hosts.get(host, host)
@@ -164,26 +198,6 @@ class Exchange(ResponseSide):
             return False
         self.answer_error(403, f"{format_authority(host, port)} is this proxy itself")
         return True
-
-    @property
-    def gone(self) -> bool:
-        """The client this exchange is for has ended (TunnelOwner)."""
-        return self.session.closed
-
-    def tunnel_connected(self, leg: TunnelUpstream) -> None:
-        """The passthrough upstream connected: answer 200 and relay opaque bytes from now on."""
-        self.upstream = None
-        self.flow.status = 200
-        self.upgrade()
-        self.session.client.write(http1.CONNECT_ESTABLISHED)
-        self.session.relay(leg)
-
-    def tunnel_failed(self, reason: Failure) -> None:
-        """The passthrough upstream could not be reached."""
-        if self.state is State.CONNECTING:
-            self.upstream = None
-            status, text = connect_failure(reason)
-            self.session.end(Side.UPSTREAM, connect_ending(status), text)
 
     # -- the request body ------------------------------------------------------------------
 
@@ -212,11 +226,11 @@ class Exchange(ResponseSide):
 
     # -- answers of our own ----------------------------------------------------------------
 
-    def answer_error(self, status: int, text: str) -> None:
+    def answer_error(self, status: int, text: str, extra: ExtraHeaders = ()) -> None:
         """Answer with an error status and its one-line reason instead of an upstream's."""
         self.flow.error = text
         self.ctx.hooks.error(self.flow)
-        self.answer(status, http1.TEXT, http1.text_body(text))
+        self.answer(status, http1.TEXT, http1.text_body(text), extra)
 
     def answer(
         self, status: int, content_type: bytes, body: bytes, extra: ExtraHeaders = ()

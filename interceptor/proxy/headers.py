@@ -92,3 +92,11 @@ _NOT_TRACED = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
 def traceable(headers: Headers) -> Headers:
     """The headers a TRACE answer may echo."""
     return [(name, value) for name, value in headers if name.lower() not in _NOT_TRACED]
+
+
+def proxy_authorization(headers: Headers) -> bytes | None:
+    """The Proxy-Authorization value (the client's credentials for us), if any."""
+    for name, value in headers:
+        if len(name) == 19 and name.lower() == b"proxy-authorization":
+            return value
+    return None

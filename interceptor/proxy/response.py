@@ -36,6 +36,7 @@ from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from .session import Session
+    from .tunnel import TunnelUpstream
 
 
 class ResponseSide:
@@ -130,6 +131,28 @@ class ResponseSide:
     def upstream_write_unblocked(self) -> None:
         """The upstream's send buffer drained."""
         self.session.upstream_write_unblocked()
+
+    # -- a passthrough tunnel's upstream leg (TunnelOwner) -------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """The client this exchange is for has ended (TunnelOwner)."""
+        return self.session.closed
+
+    def tunnel_connected(self, leg: TunnelUpstream) -> None:
+        """The passthrough upstream connected: answer 200 and relay opaque bytes from now on."""
+        self.upstream = None
+        self.flow.status = 200
+        self.upgrade()
+        self.session.client.write(http1.CONNECT_ESTABLISHED)
+        self.session.relay(leg)
+
+    def tunnel_failed(self, reason: Failure) -> None:
+        """The passthrough upstream could not be reached."""
+        if self.state is State.CONNECTING:
+            self.upstream = None
+            status, text = connect_failure(reason)
+            self.session.end(Side.UPSTREAM, connect_ending(status), text)
 
     # -- the response ----------------------------------------------------------------------
 

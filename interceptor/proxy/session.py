@@ -47,20 +47,6 @@ _MAX_QUEUED_EXCHANGES = 8  # pipelined requests accepted ahead of the one being 
 class Session:
     """The per-client-connection state machine."""
 
-    __slots__ = (
-        "ctx",
-        "client",
-        "reader",
-        "events",
-        "exchanges",
-        "tunnel",
-        "intercepted",
-        "_paused_queue",
-        "_paused_upstream",
-        "_pumping",
-        "closed",
-    )
-
     def __init__(self, ctx: ProxyContext, client: ClientConnection) -> None:
         self.ctx = ctx
         self.client = client
