@@ -9,7 +9,8 @@ What is here:
 * ``/proc`` readings: :func:`proc_cpu_seconds`, :func:`proc_rss_bytes`, :func:`proc_hwm_bytes`,
   :func:`proc_fd_count`, :func:`proc_socket_states`, :func:`proc_alive`, :func:`load_average`;
 * tiny blocking HTTP/1.1 and HTTPS clients for warm-up checks: :func:`http_request`,
-  :func:`https_request` (optionally through a CONNECT tunnel), :func:`request_until_up`;
+  :func:`https_request` (optionally through a CONNECT tunnel), :func:`request_until_up`, and
+  :func:`receive_response` for a client that keeps its own connection;
 * throw-away TLS origin certificates: :func:`make_origin_certs`;
 * statistics and output: :func:`percentile`, :func:`percentiles`, :func:`format_table`,
   :func:`print_table`, :func:`fmt_number`, :func:`fmt_ratio`, :func:`fmt_change`, and the
@@ -717,6 +718,18 @@ def _receive_response(
         body=b"".join(collector.body),
         keep_alive=parser.should_keep_alive(),
     )
+
+
+def receive_response(
+    sock: socket.socket, host: str, port: int, deadline: float, timeout: float
+) -> HttpResult:
+    """Read and parse the next response on an open connection ``sock`` before ``deadline``.
+
+    For a client that keeps its own keep-alive connection (one request outstanding, so no
+    bytes of a later response can arrive with this one); ``host:port`` and ``timeout`` only
+    name the peer and the limit in errors. Raises as :func:`http_request` does.
+    """
+    return _receive_response(sock, host, port, deadline, timeout)
 
 
 def http_request(host: str, port: int, request: bytes, timeout: float = 10.0) -> HttpResult:
