@@ -758,6 +758,21 @@ def connect_request(authority: str) -> bytes:
     return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii")
 
 
+def open_tunnel(raw: socket.socket, authority: str, deadline: float) -> None:
+    """Send CONNECT on ``raw`` and read the proxy's reply head; TunnelRefusedError unless 200."""
+    raw.sendall(connect_request(authority))
+    reply = b""
+    while b"\r\n\r\n" not in reply:  # bounded: the reply head may be at most 16 KiB
+        raw.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = raw.recv(4096)
+        if not chunk or len(reply) > 16384:
+            raise TunnelRefusedError("connect_closed", f"CONNECT reply {reply[:200]!r}")
+        reply += chunk
+    status = tunnel_status(reply)
+    if status != 200:
+        raise TunnelRefusedError(f"connect_{status}", f"CONNECT reply {reply[:200]!r}")
+
+
 def tunnel_status(reply: bytes) -> int:
     """The status code of a CONNECT reply head (raises TunnelRefusedError if malformed)."""
     parts = reply.split(b"\r\n", 1)[0].split(b" ", 2)
@@ -787,17 +802,7 @@ def https_request(
     context = ssl.create_default_context(cafile=str(cafile))
     with socket.create_connection((host, port), timeout=timeout) as raw:
         if tunnel is not None:
-            raw.sendall(connect_request(tunnel))
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                raw.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = raw.recv(4096)
-                if not chunk or len(reply) > 16384:
-                    raise TunnelRefusedError("connect_closed", f"CONNECT reply {reply[:200]!r}")
-                reply += chunk
-            status = tunnel_status(reply)
-            if status != 200:
-                raise TunnelRefusedError(f"connect_{status}", f"CONNECT reply {reply[:200]!r}")
+            open_tunnel(raw, tunnel, deadline)
         with context.wrap_socket(raw, server_hostname=server_name) as sock:
             sock.sendall(request)
             return _receive_response(sock, host, port, deadline, timeout)

@@ -89,11 +89,11 @@ from _common import (
     check_args,
     compare_arg,
     compare_results,
-    connect_request,
     default_proxy_cmd,
     export_revision,
     fmt_number,
     make_origin_certs,
+    open_tunnel,
     print_table,
     receive_response,
     report_error,
@@ -101,7 +101,6 @@ from _common import (
     start_origin,
     start_proxy_on_free_port,
     stop_process,
-    tunnel_status,
     wait_for_proxy,
     write_json,
 )
@@ -237,17 +236,7 @@ class KeepAliveClient:
     @staticmethod
     def _connect(raw: socket.socket, authority: str, deadline: float) -> None:
         """Send CONNECT and read the proxy's reply head; TunnelRefusedError unless 200."""
-        raw.sendall(connect_request(authority))
-        reply = b""
-        while b"\r\n\r\n" not in reply:  # bounded: the reply head may be at most 16 KiB
-            raw.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = raw.recv(4096)
-            if not chunk or len(reply) > 16384:
-                raise TunnelRefusedError("connect_closed", f"CONNECT reply {reply[:200]!r}")
-            reply += chunk
-        status = tunnel_status(reply)
-        if status != 200:
-            raise TunnelRefusedError(f"connect_{status}", f"CONNECT reply {reply[:200]!r}")
+        open_tunnel(raw, authority, deadline)
         raw.settimeout(REQUEST_TIMEOUT)
 
     def get(self, deadline: float) -> None:
