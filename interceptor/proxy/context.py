@@ -55,9 +55,12 @@ class OwnAddresses:
             port for ip, port in self._exact if ip is not None and ip.is_unspecified
         }
         self._local = local
+        self._ports = {port for _, port in self._exact}
 
     def __contains__(self, destination: tuple[str, int]) -> bool:
         host, port = destination
+        if port not in self._ports:
+            return False  # nearly every destination: decided without parsing the host
         ips: tuple[IPAddress | None, ...] = _LOCALHOST if host == "localhost" else (parse_ip(host),)
         for ip in ips:
             if ip is None:
