@@ -149,11 +149,8 @@ class Access:
             ipaddress.ip_network(n, strict=False) for n in allow
         )
         self.users = users
-
-    @property
-    def open(self) -> bool:
-        """Neither an allow list nor credentials: anyone who can connect may use the proxy."""
-        return not self._allow and self.users is None
+        # Neither an allow list nor credentials: anyone who can connect may use the proxy.
+        self.open = not self._allow and users is None
 
     def admit(
         self, client: str, credentials: bytes | None

@@ -55,11 +55,11 @@ class OwnAddresses:
             port for ip, port in self._exact if ip is not None and ip.is_unspecified
         }
         self._local = local
-        self._ports = {port for _, port in self._exact}
+        self.ports = frozenset(port for _, port in self._exact)  # a quick first test
 
     def __contains__(self, destination: tuple[str, int]) -> bool:
         host, port = destination
-        if port not in self._ports:
+        if port not in self.ports:
             return False  # nearly every destination: decided without parsing the host
         ips: tuple[IPAddress | None, ...] = _LOCALHOST if host == "localhost" else (parse_ip(host),)
         for ip in ips:

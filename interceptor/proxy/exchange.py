@@ -90,7 +90,7 @@ class Exchange(ResponseSide):
             self.request_complete = True
             self.answer_error(self.refusal.status, self.refusal.reason)
             return
-        if not self.admitted and not self._admit():
+        if not self.admitted and not self.ctx.access.open and not self._admit():
             return
         head = self.head
         if head.method == b"CONNECT":
@@ -111,7 +111,7 @@ class Exchange(ResponseSide):
         if flow.local is not None:
             self.answer(*flow.local)
             return
-        if self._to_ourselves(req.host, req.port):
+        if req.port in self.ctx.own.ports and self._to_ourselves(req.host, req.port):
             return
         if method == "OPTIONS" or method == "TRACE":
             # RFC 9110 7.6.2: at 0 we are the final recipient; else one hop fewer remains.

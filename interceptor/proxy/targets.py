@@ -18,7 +18,7 @@ def _host(url: Any, raw: bytes) -> str:
     if url.userinfo:
         raise ValueError("userinfo (user:password@) is not allowed in a request target")
     host: str = url.host.decode("ascii").lower()
-    if b"[" + url.host + b"]" in raw:
+    if b"[" in raw and b"[" + url.host + b"]" in raw:
         ip = parse_ip(host)
         if ip is None or ip.version != 6:
             raise ValueError("only an IPv6 address may stand in brackets")
