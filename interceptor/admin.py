@@ -57,6 +57,14 @@ class _Collector:
         for reason, n in sorted(c.aborts.items()):
             m.add_metric([reason], n)
         yield m
+        ctx = svc.ctx
+        if ctx is not None:
+            m = CounterMetricFamily(
+                "interceptor_learned_passthrough",
+                "Hosts passed through after clients kept refusing our certificate",
+            )
+            m.add_metric([], ctx.learned.learned_total)
+            yield m
         m = CounterMetricFamily(
             "interceptor_access_refusals",
             "Clients refused by [access]: address (403) or credentials (407)",
@@ -146,7 +154,14 @@ def admin_site(service: ProxyService) -> Site:
     def metrics() -> tuple[int, bytes, bytes]:
         return 200, CONTENT_TYPE_LATEST.encode(), bytes(generate_latest(registry))
 
+    def learned() -> tuple[int, bytes, bytes]:
+        ctx = service.ctx
+        rows = ctx.learned.listing() if ctx is not None else []
+        text = "".join(f"{host} {left:.0f}\n" for host, left in rows)
+        return 200, b"text/plain; charset=utf-8", text.encode()
+
     root = Resource()
+    root.putChild(b"passthrough", _Text(learned))
     root.putChild(b"healthz", _Text(healthz))
     root.putChild(b"readyz", _Text(readyz))
     root.putChild(b"metrics", _Text(metrics))

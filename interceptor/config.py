@@ -133,6 +133,8 @@ class TLSConfig:
     passthrough: tuple[str, ...] = ()
     leaf_cache_size: int = 1000
     ca_page_host: str = "interceptor.ca"
+    learn_passthrough: int = 0
+    learn_passthrough_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         # Expanded here, not only in the loader, so TLSConfig() equals a loaded default.
@@ -597,6 +599,11 @@ _FIELDS: tuple[_Field, ...] = (
        "Number of forged leaf certificates kept in memory."),
     _F("tls", "ca_page_host", _STR, "interceptor.ca", (_hostname,),
        "Host name at which the proxy serves its CA certificate for download."),
+    _F("tls", "learn_passthrough", _INT, 0, (_at_least(0),),
+       "After this many client handshakes in a row refuse our certificate for a host, pass "
+       "that host through; 0 never does."),
+    _F("tls", "learn_passthrough_ttl", _FLOAT, 3600.0, _POSITIVE,
+       "Seconds a learned passthrough lasts before the host is intercepted again."),
     _F("access", "allow", _STRS, [], (_networks,),
        "Client addresses or networks (CIDR) allowed to use the proxy; empty allows all."),
     _F("access", "users_file", _STR, "", (_path, _users_file),

@@ -30,6 +30,7 @@ from .hosts import HostPatterns, IPAddress, parse_ip
 from .logs import StdoutObserver
 from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
+from .proxy.passthrough import LearnedPassthrough
 from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
 
@@ -132,6 +133,9 @@ class ProxyService(Service):
             self.ports.append(self._listen(description, factory))
             _log.info("proxy listening on {endpoint}", endpoint=description)
         self._start_admin()
+        self.ctx.learned = LearnedPassthrough(
+            self.reactor, cfg.tls.learn_passthrough, cfg.tls.learn_passthrough_ttl
+        )
         self.ctx.access = access = self._access()
         if access.open:
             for port in self.ports:

@@ -8,10 +8,13 @@ would be readable by anyone who can use the proxy.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests import certs
 from tests.storm import fd_count
 from tests.support import (
     OriginServer,
@@ -21,9 +24,11 @@ from tests.support import (
     get,
     request_bytes,
     respond,
+    run_curl,
     wait_for,
 )
 from tests.test_operations import admin_get, metric_value, start_with_admin
+from tests.tls_origin import TLSOrigin, body_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,3 +151,39 @@ def test_max_forwards_is_decremented_on_the_way(
     conn.close()
     assert resp.status == 200 and resp.body == b"origin"
     assert [r.header("max-forwards") for r in origin.requests] == ["2"]
+
+
+def test_a_client_that_keeps_refusing_our_certificate_gets_passthrough(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    # A pinning client, played by curl trusting only the origin's CA: it refuses every leaf we
+    # mint, so after learn_passthrough = 2 refusals the host is tunnelled to the real origin.
+    root = certs.make_origin_root()
+    root_pem, _ = certs.write_pair(tmp_path, "root", root)
+    origin = TLSOrigin(*certs.make_server_cert(root, ("localhost",), ("127.0.0.1",)))
+    try:
+        proxy, admin_port = start_with_admin(
+            proxy_factory,
+            "[tls]\nlearn_passthrough = 2\n",
+            INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE=str(root_pem),
+        )
+        url = f"https://localhost:{origin.ports['127.0.0.1']}/1k"
+
+        def fetch() -> subprocess.CompletedProcess[bytes]:
+            return run_curl("-s", "-x", proxy.url, "--cacert", str(root_pem), url)
+
+        for attempt in (1, 2):
+            result = fetch()
+            assert result.returncode == 60, (attempt, result)  # our leaf: not its CA
+        wait_for(
+            lambda: "passing localhost through" in proxy.log_text(),
+            timeout=5,
+            message=proxy.log_tail,
+        )
+        result = fetch()
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == body_for("/1k")
+        listing = admin_get(admin_port, "/passthrough")[2].decode()
+        assert listing.startswith("localhost "), listing
+    finally:
+        origin.stop()

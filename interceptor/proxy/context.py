@@ -14,6 +14,7 @@ from ..addons.chain import HookChain
 from ..flow import Flow
 from ..hosts import IPAddress, parse_ip
 from ..process import Counters
+from .passthrough import LearnedPassthrough
 from .upstream import Pool
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class ProxyContext:
         # Set by the service once it listens; destinations there are refused (403).
         self.own = OwnAddresses([], frozenset())
         self.access = Access()  # who may use the proxy ([access]); the service sets it
+        self.learned = LearnedPassthrough(clock)  # [tls] learn_passthrough; off by default
         self.sessions: set[Session] = set()
         self.draining = False
         self._closed: list[Callable[[], None]] = []

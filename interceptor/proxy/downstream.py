@@ -14,6 +14,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IOpenSSLContextFactory,
     IProtocol,
 )
@@ -34,7 +35,7 @@ class _TLSCapable(StreamTransport, Interface):
     def startTLS(self, contextFactory: IOpenSSLContextFactory) -> None: ...
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ClientConnection(Leg):
     """One client connection to the proxy."""
 
@@ -49,6 +50,7 @@ class ClientConnection(Leg):
         self._last = 0.0
         self._head_started = 0.0
         self._timer: IDelayedCall | None = None
+        self._tls_host: str | None = None  # intercepted CONNECT host while its handshake runs
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -86,12 +88,17 @@ class ClientConnection(Leg):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._tls_host is not None:
+            # Gone before our TLS handshake completed: an alert, or a close, against our leaf.
+            self.ctx.learned.refused(self._tls_host)
         self.session.client_lost(ending)
 
     # -- what the session calls --------------------------------------------------------------
 
-    def start_tls(self, factory: IOpenSSLContextFactory, leftover: bytes) -> None:
-        """Terminate the client's TLS here; `leftover` are bytes already read past CONNECT."""
+    def start_tls(self, factory: IOpenSSLContextFactory, leftover: bytes, host: str) -> None:
+        """Terminate the client's TLS here for CONNECT `host`; `leftover` are bytes already read
+        past the CONNECT head."""
+        self._tls_host = host
         # The TCP transport itself: startTLS wraps it in place, so our stream stays valid.
         transport = cast(_TLSCapable, self.transport)
         transport.unregisterProducer()
@@ -101,6 +108,12 @@ class ClientConnection(Leg):
             # A ClientHello pipelined behind the CONNECT head was read before TLS existed:
             # hand it to the TLS layer now, or the handshake waits forever.
             transport.protocol.dataReceived(leftover)
+
+    def handshakeCompleted(self) -> None:
+        # The client accepted the leaf we minted for this host.
+        if self._tls_host is not None:
+            self.ctx.learned.accepted(self._tls_host)
+            self._tls_host = None
 
     def _buffer_signal(self) -> BufferSignal:
         session = self.session

@@ -153,7 +153,7 @@ class Exchange(ResponseSide):
             return
         if session.intercepted is not None:
             self.answer_error(400, "CONNECT inside an intercepted tunnel")
-        elif ctx.passthrough(host) or ctx.intercept is None:
+        elif ctx.passthrough(host) or host in ctx.learned or ctx.intercept is None:
             if ctx.tunnel_connect is None:
                 self.answer_error(501, "CONNECT is not supported")
                 return

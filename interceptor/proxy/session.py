@@ -270,7 +270,7 @@ class Session:
         self.client.write(http1.CONNECT_ESTABLISHED)
         self.intercepted = (host, port)
         self.reader = http1.RequestReader()
-        self.client.start_tls(factory, leftover)
+        self.client.start_tls(factory, leftover, host)
 
     def _take_tunnel_bytes(self) -> bytes:
         """Drop the CONNECT's (or upgrade's) END and return the bytes that followed its head."""
