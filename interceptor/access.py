@@ -3,8 +3,11 @@
 
 A bcrypt check costs milliseconds by design, so it never runs in the reactor thread: the first
 check of a credential goes to a thread, and its answer, good or bad, is remembered until the file
-changes (a bounded number of them). The file is read again when its modification time changes;
-if it then cannot be read, the users already loaded stay in force and the failure is logged.
+changes (a bounded number of them). Checks of one credential already under way are shared, and
+at most _MAX_CHECKING run or wait at once: beyond that a new credential is refused (407) rather
+than queued without bound. The file's modification time is looked at once a second at most; when
+it changed, the file is read again, and if it then cannot be read, the users already loaded stay
+in force and the failure is logged once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import NamedTuple
 
 import bcrypt
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .hosts import parse_ip
@@ -28,6 +32,10 @@ _log = Logger(namespace="interceptor.access")
 
 # Answers cached per (user, password digest); beyond this the oldest are forgotten.
 _CACHE_SIZE = 4096
+# Different credentials being checked in threads at once; more are refused, not queued.
+_MAX_CHECKING = 64
+# Seconds between looks at the users file's modification time.
+_RECHECK = 1.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Runs a function in a thread, its result on a Deferred (deferToThreadPool on the reactor).
@@ -60,12 +68,15 @@ def read_users(path: str) -> dict[bytes, bytes]:
 class Users:
     """Proxy credentials from a users file, checked with bcrypt off the reactor thread."""
 
-    def __init__(self, path: str, in_thread: InThread) -> None:
+    def __init__(self, path: str, in_thread: InThread, clock: IReactorTime) -> None:
         self.path = path
         self._in_thread = in_thread
+        self._clock = clock
         self._mtime = os.stat(path).st_mtime_ns
+        self._next_look = clock.seconds() + _RECHECK
         self._users = read_users(path)
         self._answers: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
+        self._checking: dict[tuple[bytes, bytes], list[Deferred[bool]]] = {}
 
     def check(self, authorization: bytes | None) -> bool | Deferred[bool]:
         """Whether a Proxy-Authorization value names a user with the right password: at once
@@ -82,32 +93,55 @@ class Users:
         known = self._answers.get(key)
         if known is not None:
             return known
-        d = self._in_thread(lambda: bcrypt.checkpw(password, hashed))
+        waiting = self._checking.get(key)
+        if waiting is not None:  # the same credential is being checked: share its answer
+            d: Deferred[bool] = Deferred()
+            waiting.append(d)
+            return d
+        if len(self._checking) >= _MAX_CHECKING:
+            return False
+        self._checking[key] = waiting = []
 
         def remember(ok: bool) -> bool:
+            del self._checking[key]
             self._answers[key] = ok
             if len(self._answers) > _CACHE_SIZE:
                 self._answers.popitem(last=False)
+            for other in waiting:
+                other.callback(ok)
             return ok
 
-        return d.addCallback(remember)
+        return self._in_thread(lambda: bcrypt.checkpw(password, hashed)).addCallback(remember)
 
     def _reload_if_changed(self) -> None:
+        now = self._clock.seconds()
+        if now < self._next_look:
+            return
+        self._next_look = now + _RECHECK
         try:
             mtime = os.stat(self.path).st_mtime_ns
-            if mtime == self._mtime:
+        except OSError as e:
+            mtime, error = -1, f"{e.strerror or e}"
+        else:
+            error = ""
+        if mtime == self._mtime:
+            return  # unchanged (or still unreadable: said so already)
+        self._mtime = mtime
+        if not error:
+            try:
+                users = read_users(self.path)
+            except UsersFileError as e:
+                error = str(e)
+            else:
+                self._users = users
+                self._answers.clear()
+                _log.info("users file {path} read again: {n} users", path=self.path, n=len(users))
                 return
-            self._users = read_users(self.path)
-            self._mtime = mtime
-            self._answers.clear()
-            _log.info("users file {path} read again: {n} users", path=self.path, n=len(self._users))
-        except (OSError, UsersFileError) as e:
-            _log.warn(
-                "users file {path} not read again ({e}): keeping the users loaded",
-                path=self.path,
-                e=e,
-            )
-            self._mtime = -1  # try again next time
+        _log.warn(
+            "users file {path} not read again ({e}): keeping the users loaded",
+            path=self.path,
+            e=error,
+        )
 
 
 def _basic(authorization: bytes | None) -> tuple[bytes, bytes] | None:

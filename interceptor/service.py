@@ -165,7 +165,7 @@ class ProxyService(Service):
             def in_thread(check: Callable[[], bool]) -> defer.Deferred[bool]:
                 return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check)
 
-            users = Users(cfg.users_file, in_thread)
+            users = Users(cfg.users_file, in_thread, self.reactor)
         return Access(cfg.allow, users)
 
     def _stop_when_running(self, signum: int, frame: Any) -> None:
