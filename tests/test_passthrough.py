@@ -49,3 +49,13 @@ def test_the_counts_kept_are_bounded(monkeypatch):
     learned.refused("first.example")  # its earlier refusal was forgotten: this is the first
     assert "first.example" not in learned
     assert len(learned._failures) <= 10
+
+
+def test_the_hosts_learned_are_bounded(monkeypatch):
+    monkeypatch.setattr(passthrough, "_TRACKED", 3)
+    clock = Clock()
+    learned = LearnedPassthrough(clock, threshold=1, ttl=60)
+    for i in range(5):
+        learned.refused(f"h{i}.example")
+        clock.advance(1)
+    assert [host for host, _ in learned.listing()] == ["h2.example", "h3.example", "h4.example"]

@@ -15,8 +15,9 @@ from twisted.logger import Logger
 
 _log = Logger(namespace="interceptor.passthrough")
 
-# Hosts whose failures are counted at once; beyond this the oldest count is forgotten, so a
-# client naming random hosts cannot grow the table.
+# Hosts whose failures are counted (and hosts learned) at once; beyond this the oldest count,
+# or the learned host nearest its end, is forgotten, so a client naming random hosts cannot grow
+# either table.
 _TRACKED = 10_000
 
 
@@ -51,7 +52,12 @@ class LearnedPassthrough:
             if len(self._failures) > _TRACKED:
                 self._failures.popitem(last=False)
             return
-        self._until[host] = self.clock.seconds() + self.ttl
+        now = self.clock.seconds()
+        if len(self._until) >= _TRACKED:
+            self._until = {h: t for h, t in self._until.items() if t > now}
+            if len(self._until) >= _TRACKED:
+                del self._until[min(self._until, key=self._until.__getitem__)]
+        self._until[host] = now + self.ttl
         self.learned_total += 1
         _log.warn(
             "passing {host} through for {ttl:.0f} s: {n} client handshakes in a row refused "
