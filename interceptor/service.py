@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, threads
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
@@ -138,15 +138,12 @@ class ProxyService(Service):
         )
         self.ctx.access = access = self._access()
         if access.open:
-            for port in self.ports:
-                address = port.getHost()
-                ip = parse_ip(str(getattr(address, "host", "")))
-                if ip is None or not ip.is_loopback:
-                    _log.warn(
-                        "proxy listening beyond loopback ({host}) with neither [access] allow "
-                        "nor users_file: an open proxy for anyone who can reach it",
-                        host=getattr(address, "host", address),
-                    )
+            for host in beyond_loopback(p.getHost() for p in self.ports):
+                _log.warn(
+                    "proxy listening beyond loopback ({host}) with neither [access] allow "
+                    "nor users_file: an open proxy for anyone who can reach it",
+                    host=host,
+                )
         self.ctx.own = OwnAddresses(
             [
                 (address.host, address.port)
@@ -300,3 +297,14 @@ def _local_addresses() -> frozenset[IPAddress]:
         if ip is not None:
             found.add(ip)
     return frozenset(found)
+
+
+def beyond_loopback(addresses: Iterable[IAddress]) -> list[str]:
+    """The hosts of the IP listening addresses not on loopback (a Unix socket is not reachable
+    from the network)."""
+    return [
+        a.host
+        for a in addresses
+        if isinstance(a, IPv4Address | IPv6Address)
+        and not ((ip := parse_ip(a.host)) is not None and ip.is_loopback)
+    ]
