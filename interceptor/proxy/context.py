@@ -70,9 +70,7 @@ class OwnAddresses:
                 ip = _LOCALHOST[0] if ip.version == 4 else _LOCALHOST[1]
             if (ip, port) in self._exact:
                 return True
-            if port in self._wildcard_ports and (
-                ip.is_loopback or ip.is_unspecified or ip in self._local
-            ):
+            if port in self._wildcard_ports and (ip.is_loopback or ip in self._local):
                 return True
         return False
 

@@ -67,13 +67,6 @@ class Session:
         return bool(self.exchanges) or self.tunnel is not None
 
     @property
-    def phase(self) -> Phase:
-        """Where this connection pair is, for lifecycle decisions."""
-        if self.tunnel is not None:
-            return Phase.TUNNEL
-        return self.exchanges[0].phase if self.exchanges else Phase.IDLE
-
-    @property
     def head_pending(self) -> bool:
         """A request head has begun arriving but is not complete (header timeout applies)."""
         return self.reader.in_head
