@@ -1453,13 +1453,18 @@ def request_bytes(
     body: bytes = b"",
     version: str = "HTTP/1.1",
     content_length: bool = True,
+    host: bool = True,
 ) -> bytes:
     """A request head (absolute-form `url` as given) plus `body`.
 
     Adds `Content-Length` when `body` is non-empty and `content_length` is true and none was
-    given. No Host header is added: pass one in `headers` if wanted.
+    given, and a Host header naming the target's authority when none was given on HTTP/1.1, as
+    every real client does (`host=False` leaves it out).
     """
     hdrs = list(headers)
+    if host and version == "HTTP/1.1" and not _has(hdrs, "host"):
+        authority = url if method == "CONNECT" else url.split("//", 1)[-1].split("/", 1)[0]
+        hdrs.insert(0, ("Host", authority or "localhost"))
     if body and content_length and not _has(hdrs, "content-length"):
         hdrs.append(("Content-Length", str(len(body))))
     out = bytearray(f"{method} {url} {version}\r\n".encode("latin-1"))

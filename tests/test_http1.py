@@ -137,6 +137,12 @@ def test_two_host_headers_are_refused():
     ev = read_request(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n")
     assert kinds(ev) == [ERROR] and payload(ev[0]).status == 400
     assert payload(ev[0]).reason == "more than one Host header"
+
+
+def test_host_is_required_on_http11_only():
+    ev = read_request(b"GET http://a/ HTTP/1.1\r\n\r\n")
+    assert kinds(ev) == [ERROR] and payload(ev[0]).reason == "no Host header"
+    assert kinds(read_request(b"GET http://a/ HTTP/1.0\r\n\r\n"))[0] == HEAD
     assert kinds(read_request(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n")) == [HEAD, END]
 
 

@@ -827,6 +827,8 @@ LENIENT_TARGETS = {
         "GET http://{authority}/t HTTP/1.1\r\nHost: {authority}\r\nHost: {authority}\r\n\r\n",
         "more than one Host header",
     ),
+    "no-host-header": ("GET http://{authority}/t HTTP/1.1\r\n\r\n", "no Host header"),
+    "connect-without-host": ("CONNECT {authority} HTTP/1.1\r\n\r\n", "no Host header"),
     "connect-port-0": (
         "CONNECT {host}:0 HTTP/1.1\r\nHost: {host}:0\r\n\r\n",
         "CONNECT target must be host:port",

@@ -273,7 +273,7 @@ def test_chunked_request_body_is_forwarded_chunked():
     assert (
         Playbook(Rig())
         >> client_sends(
-            head(b"POST http://127.0.0.1:9000/ HTTP/1.1", b"Transfer-Encoding: chunked")
+            head(b"POST http://127.0.0.1:9000/ HTTP/1.1", ORIGIN, b"Transfer-Encoding: chunked")
             + b"3\r\nabc\r\n"
         )
         << connects(HOST, PORT)
@@ -283,6 +283,20 @@ def test_chunked_request_body_is_forwarded_chunked():
         )
         >> client_sends(b"0\r\n\r\n")
         << upstream_receives(b"0\r\n\r\n")
+    )
+
+
+def test_request_without_host_is_400_but_http10_needs_none():
+    assert (
+        Playbook(Rig())
+        >> client_sends(b"GET http://127.0.0.1:9000/ HTTP/1.1\r\n\r\n")
+        << client_receives(refusal(b"400 Bad Request", b"no Host header", True))
+        << client_closed()
+    )
+    assert (
+        Playbook(Rig())
+        >> client_sends(b"GET http://127.0.0.1:9000/ HTTP/1.0\r\n\r\n")
+        << connects(HOST, PORT)
     )
 
 
@@ -482,7 +496,7 @@ def test_connect_authority_parsing():
 def test_bad_connect_target_is_400():
     assert (
         Playbook(Rig(intercept=lambda host, port: None))
-        >> client_sends(b"CONNECT host:notaport HTTP/1.1\r\n\r\n")
+        >> client_sends(b"CONNECT host:notaport HTTP/1.1\r\nHost: host:notaport\r\n\r\n")
         << client_receives(refusal(b"400 Bad Request", b"CONNECT target must be host:port"))
         << client_closed()  # nothing after a CONNECT head can be read as HTTP
     )

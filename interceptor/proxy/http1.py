@@ -133,9 +133,12 @@ class RequestReader(_Reader):
         if version not in _VERSIONS:
             self._error = ProtocolError(505, f"HTTP/{version} is not supported")
             raise self._error
-        if self._hosts > 1:
-            # Which one names the target is ambiguous (RFC 9112 3.2: 400).
-            self._error = ProtocolError(400, "more than one Host header")
+        if self._hosts != 1 and (self._hosts or version == "1.1"):
+            # Two: which one names the target is ambiguous; none on 1.1: the client is broken
+            # (RFC 9112 3.2: 400 for both). HTTP/1.0 had no Host to require.
+            self._error = ProtocolError(
+                400, "more than one Host header" if self._hosts else "no Host header"
+            )
             raise self._error
         try:
             framing = self._framing()
