@@ -135,6 +135,7 @@ class TLSConfig:
     ca_page_host: str = "interceptor.ca"
     learn_passthrough: int = 0
     learn_passthrough_ttl: float = 3600.0
+    connect: str = "eager"
 
     def __post_init__(self) -> None:
         # Expanded here, not only in the loader, so TLSConfig() equals a loaded default.
@@ -604,6 +605,9 @@ _FIELDS: tuple[_Field, ...] = (
        "that host through; 0 never does."),
     _F("tls", "learn_passthrough_ttl", _FLOAT, 3600.0, _POSITIVE,
        "Seconds a learned passthrough lasts before the host is intercepted again."),
+    _F("tls", "connect", _STR, "eager", (_one_of("eager", "lazy"),),
+       "eager: reach (and verify) the origin before answering an intercepted CONNECT; "
+       "lazy: answer 200 at once and connect for the first request inside."),
     _F("access", "allow", _STRS, [], (_networks,),
        "Client addresses or networks (CIDR) allowed to use the proxy; empty allows all."),
     _F("access", "users_file", _STR, "", (_path, _users_file),

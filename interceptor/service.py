@@ -127,6 +127,7 @@ class ProxyService(Service):
             passthrough=passthrough.matches if passthrough else None,
             tunnel_connect=self._tunnel_connect,
             describe_tls_failure=tls.describe_tls_failure,
+            eager=cfg.tls.connect == "eager",
         )
         factory = ProxyFactory(self.ctx, self.registry)
         for description in cfg.proxy.listen:

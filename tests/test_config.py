@@ -449,6 +449,7 @@ ENV_VALUES = (
         ("INTERCEPTOR_ADMIN_LISTEN", "", "admin.listen", ()),
         ("INTERCEPTOR_ADMIN_LISTEN", "tcp:9999", "admin.listen", ("tcp:9999",)),
         ("INTERCEPTOR_LOG_FORMAT", "json", "log.format", "json"),
+        ("INTERCEPTOR_TLS_CONNECT", "lazy", "tls.connect", "lazy"),
     ]
     + [
         ("INTERCEPTOR_TLS_VERIFY_UPSTREAM", word, "tls.verify_upstream", expected)
@@ -495,6 +496,7 @@ def test_every_key_has_a_working_env_var(tmp_path: Path) -> None:
         "log.access": "no",
         "proxy.sigpipe": "close",
         "log.format": "json",
+        "tls.connect": "lazy",
         "tls.ca_dir": "/ca",
         "tls.upstream_ca_bundle": "/b.pem",
         "tls.ca_page_host": "ca.test",

@@ -26,7 +26,13 @@ from interceptor.proxy.lifecycle import (
 
 ALL = list(itertools.product(Side, Ending, Phase))
 BROKEN = {Ending.RESET, Ending.ABORTED, Ending.TIMED_OUT, Ending.TLS_FAILED}
-HTTP = {Phase.REQUEST, Phase.RESPONSE, Phase.RESPONSE_UNTIL_CLOSE}
+HTTP = {
+    Phase.REQUEST,
+    Phase.CONNECT,
+    Phase.HANDSHAKE,
+    Phase.RESPONSE,
+    Phase.RESPONSE_UNTIL_CLOSE,
+}
 AFTER_HEADERS = {Phase.RESPONSE, Phase.RESPONSE_UNTIL_CLOSE}
 
 
@@ -47,7 +53,10 @@ def test_safety_properties(side, ending, phase):
         assert side is Side.UPSTREAM and phase in AFTER_HEADERS
     # Error responses only while no response head has gone to the client.
     if action in (Action.RESPOND_502, Action.RESPOND_504):
-        assert phase is Phase.REQUEST and side is Side.UPSTREAM
+        assert phase in (Phase.REQUEST, Phase.CONNECT) and side is Side.UPSTREAM
+    # An eager CONNECT opens despite its origin only when the origin was reachable.
+    if action is Action.ESTABLISH:
+        assert phase is Phase.HANDSHAKE and side is Side.UPSTREAM
     # A client leaving mid-exchange, however it left, takes its upstream with it.
     if side is Side.CLIENT and phase in HTTP:
         assert action in (Action.ABORT_PEER, Action.ABORT_BOTH)
@@ -63,6 +72,12 @@ def test_safety_properties(side, ending, phase):
 
 
 def test_specific_rules():
+    assert decide(Side.UPSTREAM, Ending.UNREACHABLE, Phase.CONNECT) is Action.RESPOND_502
+    assert decide(Side.UPSTREAM, Ending.TIMED_OUT, Phase.CONNECT) is Action.RESPOND_504
+    assert decide(Side.UPSTREAM, Ending.TLS_FAILED, Phase.HANDSHAKE) is Action.ESTABLISH
+    assert decide(Side.CLIENT, Ending.CLEAN, Phase.CONNECT) is Action.ABORT_PEER
+    assert decide(Side.CLIENT, Ending.CLEAN, Phase.HANDSHAKE) is Action.ABORT_PEER
+    assert decide(Side.CLIENT, Ending.TIMED_OUT, Phase.HANDSHAKE) is Action.ABORT_BOTH
     assert decide(Side.UPSTREAM, Ending.TIMED_OUT, Phase.REQUEST) is Action.RESPOND_504
     assert decide(Side.UPSTREAM, Ending.TLS_FAILED, Phase.REQUEST) is Action.RESPOND_502
     assert decide(Side.CLIENT, Ending.HALF_CLOSED, Phase.RESPONSE) is Action.ABORT_BOTH
@@ -206,6 +221,7 @@ EFFECTS = {
     Action.FINISH_RESPONSE: ([], []),
     Action.RELAY_HALF_CLOSE: ([], ["half_close"]),
     Action.RETRY: ([], []),
+    Action.ESTABLISH: (["abort"], []),
 }
 
 

@@ -361,7 +361,7 @@ def test_pooled_connection_idle_expiry():
 
 def test_intercepted_connect_starts_tls_and_serves_origin_form():
     rig = Rig(
-        intercept=lambda host, port: ("ctx", host, port),
+        intercept=lambda host, port, origin: ("ctx", host, port),
         tls_creator=lambda host: optionsForClientTLS(host),
     )
     assert (
@@ -375,6 +375,51 @@ def test_intercepted_connect_starts_tls_and_serves_origin_form():
         # CONNECT target (the memory reactor resolves every hostname to 127.0.0.1).
         >> client_sends(head(b"GET /p HTTP/1.1", b"Host: example.test:8443"))
         << connects("127.0.0.1", 8443)
+    )
+
+
+EAGER = dict(intercept=lambda host, port, origin: ("ctx", host, port), eager=True)
+CONNECT_TARGET = head(b"CONNECT 127.0.0.1:9000 HTTP/1.1", ORIGIN)
+
+
+def test_eager_connect_to_an_unreachable_origin_is_answered_502_on_the_connect():
+    assert (
+        Playbook(Rig(**EAGER))
+        >> client_sends(CONNECT_TARGET)
+        << connects(HOST, PORT)
+        >> connect_fails(error.ConnectionRefusedError())
+        << client_receives(
+            refusal(b"502 Bad Gateway", b"upstream refused the connection", True)
+        )
+        << client_closed()
+    )
+
+
+def opened() -> Playbook:
+    """An eager CONNECT answered 200 once its origin (upstream 0) connected."""
+    return (
+        Playbook(Rig(**EAGER))
+        >> client_sends(CONNECT_TARGET)
+        << connects(HOST, PORT)
+        >> connected()
+        << client_receives(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    )
+
+
+def test_eager_connect_answers_200_once_connected_and_plain_http_reuses_that_connection():
+    assert (
+        opened()
+        # Not a ClientHello: plain HTTP inside, over the connection the CONNECT opened.
+        >> client_sends(head(b"GET /in HTTP/1.1", ORIGIN))
+        << upstream_receives(head(b"GET /in HTTP/1.1", ORIGIN))
+    )
+
+
+def test_client_leaving_before_its_first_bytes_takes_the_eager_origin_with_it():
+    assert (
+        opened()
+        >> client_closes()
+        << upstream_aborted()
     )
 
 
@@ -495,7 +540,7 @@ def test_connect_authority_parsing():
 
 def test_bad_connect_target_is_400():
     assert (
-        Playbook(Rig(intercept=lambda host, port: None))
+        Playbook(Rig(intercept=lambda host, port, origin: None))
         >> client_sends(b"CONNECT host:notaport HTTP/1.1\r\nHost: host:notaport\r\n\r\n")
         << client_receives(refusal(b"400 Bad Request", b"CONNECT target must be host:port"))
         << client_closed()  # nothing after a CONNECT head can be read as HTTP

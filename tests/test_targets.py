@@ -21,7 +21,9 @@ def test_absolute_targets(target, expected):
 
 
 def test_origin_form_only_inside_an_intercepted_connect():
-    assert parse_target(b"/p", ("a.example", 443)) == ("https", "a.example", 443, b"/p")
+    assert parse_target(b"/p", ("https", "a.example", 443)) == ("https", "a.example", 443, b"/p")
+    # Plain HTTP spoken inside the CONNECT: the same origin, without TLS.
+    assert parse_target(b"/p", ("http", "a.example", 8080)) == ("http", "a.example", 8080, b"/p")
     with pytest.raises(ValueError, match="origin-form"):
         parse_target(b"/p", None)
 

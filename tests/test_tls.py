@@ -44,6 +44,7 @@ from interceptor.tls import (
     UpstreamTLS,
     describe_tls_failure,
 )
+from interceptor.tls.leaf import MAX_ORIGIN_NAMES, origin_names
 from interceptor.tls.origin import UpstreamCertificateError
 from tests import certs
 
@@ -495,6 +496,39 @@ def test_leaf_for_ip_literal_has_ip_san(minter: LeafMinter, host: str, address: 
     assert san_of(leaf_of(minter.context_for(host))) == [
         x509.IPAddress(ipaddress.ip_address(address))
     ]
+
+
+def origin_x509(dns: list[str], ips: list[str]) -> Any:
+    """An origin certificate (as pyOpenSSL hands it over) naming `dns` and `ips`."""
+    from OpenSSL import crypto
+
+    pem, _ = certs.make_server_cert(None, dns, ips)
+    return crypto.X509.from_cryptography(x509.load_pem_x509_certificate(pem))
+
+
+def test_leaf_copies_the_origins_names(minter: LeafMinter) -> None:
+    origin = origin_x509(["Example.COM", "*.example.com", "other.example"], ["192.0.2.1"])
+    assert origin_names(origin) == ("*.example.com", "192.0.2.1", "example.com", "other.example")
+    leaf = leaf_of(minter.intercept("192.0.2.1", 443, origin).getContext())
+    assert san_of(leaf) == [
+        x509.IPAddress(ipaddress.ip_address("192.0.2.1")),  # the requested name comes first
+        x509.DNSName("*.example.com"),
+        x509.DNSName("example.com"),
+        x509.DNSName("other.example"),
+    ]
+    # A name the origin's certificate had is served by that leaf; another gets its own.
+    factory = minter.intercept("192.0.2.1", 443, origin)
+    client, _ = memory_handshake(factory.getContext(), sni=b"other.example")
+    assert san_of(client.get_peer_certificate(as_cryptography=True)) == san_of(leaf)
+    client, _ = memory_handshake(factory.getContext(), sni=b"elsewhere.example")
+    cert = client.get_peer_certificate(as_cryptography=True)
+    assert san_of(cert) == [x509.DNSName("elsewhere.example")]
+
+
+def test_origin_names_are_bounded_and_tolerate_no_certificate() -> None:
+    assert origin_names(None) == ()
+    many = origin_x509([f"h{i}.example" for i in range(150)], [])
+    assert len(origin_names(many)) == MAX_ORIGIN_NAMES
 
 
 def test_leaf_common_name_is_truncated_to_64(minter: LeafMinter) -> None:

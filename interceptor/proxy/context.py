@@ -36,8 +36,9 @@ class TunnelOwner(Protocol):
         """The upstream leg could not be connected."""
 
 
-# intercept(host, port) -> the client-side TLS context factory for that CONNECT authority
-Intercept = Callable[[str, int], IOpenSSLContextFactory]
+# intercept(host, port, origin certificate or None) -> the client-side TLS context factory for
+# that CONNECT authority (the leaf also names what the origin's certificate names)
+Intercept = Callable[[str, int, object | None], IOpenSSLContextFactory]
 # tunnel_connect(host, port, owner) -> the upstream leg of a passthrough tunnel, connecting
 TunnelConnect = Callable[[str, int, TunnelOwner], "TunnelUpstream"]
 
@@ -97,6 +98,7 @@ class ProxyContext:
         passthrough: Callable[[str], bool] | None = None,
         tunnel_connect: TunnelConnect | None = None,
         describe_tls_failure: Callable[[Failure], str] | None = None,
+        eager: bool = False,
     ) -> None:
         self.clock = clock
         self.counters = counters
@@ -106,6 +108,7 @@ class ProxyContext:
         self.header_timeout = header_timeout
         self.half_close_timeout = half_close_timeout
         self.intercept = intercept  # None: every CONNECT is an opaque tunnel
+        self.eager = eager  # [tls] connect = "eager": reach the origin before answering CONNECT
         self.passthrough = passthrough or _never
         self.tunnel_connect = tunnel_connect
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage

@@ -7,7 +7,6 @@ HTTP exchange the lifecycle table decides what a FIN means.
 
 from __future__ import annotations
 
-from typing import Protocol as Interface
 from typing import cast
 
 from twisted.internet.interfaces import (
@@ -16,7 +15,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
     IOpenSSLContextFactory,
-    IProtocol,
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -24,15 +22,9 @@ from zope.interface import implementer
 
 from ..process import SocketRegistry
 from .context import ProxyContext
-from .leg import BufferSignal, Leg, StreamTransport
+from .leg import BufferSignal, Leg, TLSCapable
 from .lifecycle import Ending, Side
 from .session import Session
-
-
-class _TLSCapable(StreamTransport, Interface):
-    protocol: IProtocol
-
-    def startTLS(self, contextFactory: IOpenSSLContextFactory) -> None: ...
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -100,7 +92,7 @@ class ClientConnection(Leg):
         past the CONNECT head."""
         self._tls_host = host
         # The TCP transport itself: startTLS wraps it in place, so our stream stays valid.
-        transport = cast(_TLSCapable, self.transport)
+        transport = cast(TLSCapable, self.transport)
         transport.unregisterProducer()
         transport.startTLS(factory)
         transport.registerProducer(self._buffer_signal(), True)

@@ -141,7 +141,8 @@ class Exchange(ResponseSide):
             self.upstream = conn
 
     def _connect_method(self) -> None:
-        # Intercept (answer 200, then TLS), relay opaquely (answer 200 once connected), refuse.
+        # Intercept (answer 200, at once or once the origin is reached), relay opaquely (200
+        # once connected), or refuse.
         head, ctx, session = self.head, self.ctx, self.session
         try:
             host, port = split_authority(head.target, 443)
@@ -160,10 +161,26 @@ class Exchange(ResponseSide):
             self.keep_alive = False
             self._to(Step.DISPATCH)
             self.upstream = ctx.tunnel_connect(host, port, self)
+        elif ctx.eager:
+            self._open(host, port)
         else:
-            self.flow.status = 200
-            self.upgrade()
-            session.intercept(ctx.intercept(host, port), host, port)
+            self.connect_established(None)  # 200 at once; the requests inside connect
+
+    def _open(self, host: str, port: int) -> None:
+        # TCP to the origin first, so the CONNECT itself says when it cannot be reached (TLS
+        # waits for the client's first bytes: they may not be TLS at all). A verified
+        # connection already pooled proves as much, and gives the origin's certificate. A
+        # failed CONNECT is the last request on its connection, as for a passthrough.
+        self._key = ("https", host, port)
+        certificate = self.ctx.pool.idle_certificate(self._key)
+        if certificate is not None:
+            self.connect_established(None, certificate)
+            return
+        self.keep_alive = False
+        self._to(Step.OPEN)
+        conn = self.ctx.pool.connect(self._key, self, tls=False)
+        if self.state is State.OPENING:  # (a connect that failed at once has answered)
+            self.upstream = conn
 
     def _admit(self) -> bool:
         """[access]: False if refused, or while a credential is checked (in a thread)."""

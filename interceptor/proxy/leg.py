@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IProtocol,
     IPushProducer,
     IReactorTime,
     ITransport,
@@ -63,6 +64,14 @@ class StreamTransport(Interface):
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
     def unregisterProducer(self) -> None: ...
     def getPeer(self) -> IAddress: ...
+
+
+class TLSCapable(StreamTransport, Interface):
+    """A TCP transport that can start TLS in place (Twisted's ITLSTransport)."""
+
+    protocol: IProtocol
+
+    def startTLS(self, contextFactory: Any) -> None: ...
 
 
 class Leg(Protocol):
@@ -273,5 +282,6 @@ _ABORTS_SELF = frozenset(
         Action.RESPOND_502,
         Action.RESPOND_504,
         Action.TRUNCATE_PEER,
+        Action.ESTABLISH,
     }
 )

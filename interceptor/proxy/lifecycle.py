@@ -61,6 +61,9 @@ class Phase(Enum):
 
     IDLE = "idle"  # no exchange in flight (between requests, or pooled upstream)
     REQUEST = "request"  # request accepted, no response head sent to the client yet
+    CONNECT = "connect"  # an eager CONNECT waits for the TCP connect to its origin
+    HANDSHAKE = "handshake"  # its 200 sent: the origin's connection waits for the client's
+    #                          first bytes, or its TLS handshake runs while they wait
     RESPONSE = "response"  # response head sent, body framed by length or chunks
     RESPONSE_UNTIL_CLOSE = "response_until_close"  # response body ends when upstream closes
     ANSWERED = "answered"  # the client has its whole response; its request body still arrives
@@ -86,6 +89,8 @@ class Action(Enum):
     FINISH_RESPONSE = "finish_response"  # upstream's clean close is the end of the body
     RELAY_HALF_CLOSE = "relay_half_close"  # tunnel: pass the FIN on, keep the other direction
     RETRY = "retry"  # a stale pooled connection: send the request once more on a fresh one
+    ESTABLISH = "establish"  # an eager CONNECT's origin leg failed after the 200: it goes, the
+    #                          client's TLS goes ahead without the origin's names
 
 
 E = Ending
@@ -105,12 +110,14 @@ def _client(ending: Ending, phase: Phase) -> Action:
     # A client that goes away mid-exchange, however it went, takes its upstream with it at
     # once: loseConnection toward an upstream still sending would wait on a full buffer. A FIN
     # means the client is gone too (as nginx's 499): nothing it could still read is worth it.
-    if ending in (E.HALF_CLOSED, E.SHUTDOWN, E.DONE):
+    # (A client times out mid-exchange only while its intercepted CONNECT waits for its first
+    # bytes: both legs go.)
+    if ending in (E.HALF_CLOSED, E.SHUTDOWN, E.DONE, E.TIMED_OUT):
         return A.ABORT_BOTH
     if ending is E.PROTOCOL_ERROR:
         # A broken request body: answered with a 400 if nothing was sent back yet (the owner
         # does that, then ends the connection as DONE); cut if the response had begun.
-        return A.ABORT_PEER if phase is P.REQUEST else A.ABORT_BOTH
+        return A.ABORT_PEER if phase is P.REQUEST or phase is P.CONNECT else A.ABORT_BOTH
     return A.ABORT_PEER
 
 
@@ -124,6 +131,15 @@ def _upstream(ending: Ending, phase: Phase) -> Action:
         return A.NOTHING
     if phase is P.TUNNEL:
         return _tunnel(ending)
+    if phase is P.CONNECT:
+        # An eager CONNECT: a host we cannot reach is the CONNECT's own 502 (504 timed out).
+        return A.RESPOND_504 if ending is E.TIMED_OUT else A.RESPOND_502
+    if phase is P.HANDSHAKE:
+        # After the 200: the origin let its connection go, or failed or refused TLS. That
+        # connection goes; the client's TLS goes ahead without the origin's names, and the
+        # requests inside get the reason in a 502 (a browser shows that page, never the body
+        # of a refused CONNECT).
+        return A.ESTABLISH
     if phase is P.REQUEST:
         # Gone before anything was sent back: the client gets a status naming why, unless a
         # pooled connection went stale under us, which a fresh one may still answer.

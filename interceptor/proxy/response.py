@@ -84,15 +84,22 @@ class ResponseSide:
 
     def upstream_ready(self, conn: UpstreamConnection) -> None:
         """A new upstream connection is connected (and, for TLS, verified)."""
-        if conn is not self.upstream or self.state is not State.CONNECTING:
-            end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)  # nobody waits for it any more
-            return
-        self._send_head(conn)
-        self.session.pump()  # the request body, if any, may go now
+        if conn is self.upstream:
+            if self.state is State.CONNECTING:
+                self._send_head(conn)
+                self.session.pump()  # the request body, if any, may go now
+                return
+            if self.state is State.OPENING:
+                self.connect_established(conn)  # TCP is up: the origin can be reached
+                return
+        end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)  # nobody waits for it any more
 
     def upstream_failed(self, conn: UpstreamConnection, reason: Failure) -> None:
         """The connection could not be made."""
-        if self.state is not State.CONNECTING or self.upstream not in (None, conn):
+        state = self.state
+        if state is not State.CONNECTING and state is not State.OPENING:
+            return
+        if self.upstream not in (None, conn):
             return
         self.upstream = None
         status, text = connect_failure(reason)
@@ -132,7 +139,24 @@ class ResponseSide:
         """The upstream's send buffer drained."""
         self.session.upstream_write_unblocked()
 
-    # -- a passthrough tunnel's upstream leg (TunnelOwner) -------------------------------
+    # -- CONNECT: an intercepted one's origin, a passthrough tunnel's leg (TunnelOwner) ----
+
+    def connect_established(
+        self, conn: UpstreamConnection | None, certificate: object | None = None
+    ) -> None:
+        """An intercepted CONNECT goes ahead: answer 200; what the client sends next decides
+        what the tunnel carries (TLS terminated here, plain HTTP, or opaque bytes).
+
+        `conn`: its origin, TCP-connected first (eager); TLS with it begins only once the
+        client shows it speaks TLS. `certificate`: the origin's, when a verified connection to
+        it was already pooled (the leaf copies its names)."""
+        if conn is not None:
+            self._detach()
+        req = self.flow.request
+        assert req is not None  # a CONNECT's target was parsed before it came here
+        self.flow.status = 200
+        self.upgrade()
+        self.session.intercept(req.host, req.port, conn, certificate)
 
     @property
     def gone(self) -> bool:

@@ -1,6 +1,10 @@
 """One client connection: reading, the queue of exchanges, keep-alive, CONNECT and the handover to
 a tunnel.
 
+Inside an intercepted CONNECT the client's first bytes decide what follows: a ClientHello is
+terminated here (after our own verified handshake with the origin, when we connected first),
+plain HTTP is read as requests to that origin, anything else is relayed opaquely.
+
 The session consumes request events at its own pace: pipelined heads become queued exchanges,
 answered in order; body bytes wait until their exchange's upstream is ready. Every ending of
 either leg comes through `end`, which asks the lifecycle table what it means in the current
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.python.failure import Failure
 
 from ..flow import Flow
 from . import http1
@@ -25,6 +29,7 @@ from .events import (
     ProtocolError,
     RequestEvent,
     RequestHead,
+    ResponseEvent,
     TunnelData,
 )
 from .exchange import Exchange
@@ -54,7 +59,15 @@ class Session:
         self.events: deque[RequestEvent] = deque()
         self.exchanges: deque[Exchange] = deque()  # [0] is being answered, the rest wait
         self.tunnel: Tunnel | None = None
-        self.intercepted: tuple[str, int] | None = None  # inside an intercepted CONNECT
+        # Inside an intercepted CONNECT: (scheme, host, port) of its origin-form requests.
+        self.intercepted: tuple[str, str, int] | None = None
+        # An intercepted CONNECT was answered and its first bytes are not read yet; its origin's
+        # connection (eager connects) until the client's first bytes say what it is for, and
+        # those bytes while TLS with the origin runs; the origin's certificate, if known.
+        self._inside = False
+        self._origin: UpstreamConnection | None = None
+        self._hello = b""
+        self._certificate: object | None = None
         self._paused_queue = False  # too many events queued: stop reading the client
         self._paused_upstream = False  # the upstream's send buffer is full: likewise
         self._pumping = False
@@ -80,6 +93,8 @@ class Session:
             self.tunnel.ended(side, ending)
             return Action.NOTHING
         ex = self.exchanges[0] if self.exchanges else None
+        if ex is None and self._origin is not None:
+            return self._origin_ended(side, ending)
         upstream: Leg | None = ex.upstream if ex is not None else None
         this, peer = (self.client, upstream) if side is Side.CLIENT else (upstream, self.client)
         action = carry_out(
@@ -136,6 +151,9 @@ class Session:
         """Bytes from the client."""
         if self.tunnel is not None:
             self.tunnel.from_client(data)
+            return
+        if self._inside:
+            self._first_bytes(data)
             return
         reader = self.reader
         reader.feed(data)
@@ -255,15 +273,105 @@ class Session:
 
     # -- CONNECT and tunnels ---------------------------------------------------------------
 
-    def intercept(self, factory: IOpenSSLContextFactory, host: str, port: int) -> None:
-        """An intercepted CONNECT: answer 200, then terminate the client's TLS here and read
-        the requests inside it."""
+    def intercept(
+        self, host: str, port: int, origin: UpstreamConnection | None, certificate: object | None
+    ) -> None:
+        """An intercepted CONNECT: answer 200, then read what the client sends inside. Its
+        first bytes say what: TLS (terminated here), plain HTTP, or anything else (relayed).
+
+        `origin`: a TCP connection to it (eager connects), used for whichever that is; TLS to
+        the origin runs before the client's, so the leaf copies the origin certificate's names.
+        `certificate`: those names' source when it is known already (a pooled connection)."""
         leftover = self._take_tunnel_bytes()
         self.exchanges.clear()
         self.client.write(http1.CONNECT_ESTABLISHED)
-        self.intercepted = (host, port)
-        self.reader = http1.RequestReader()
-        self.client.start_tls(factory, leftover, host)
+        self.intercepted = ("https", host, port)
+        self._certificate = certificate
+        self._inside = True
+        if origin is not None:
+            self._origin = origin
+            origin.owner = _Origin(self)
+        if leftover:
+            self._first_bytes(leftover)
+
+    def _first_bytes(self, data: bytes) -> None:
+        assert self.intercepted is not None
+        _, host, port = self.intercepted
+        self._inside = False
+        self.reader = reader = http1.RequestReader()
+        origin = self._origin
+        if data[0] == 0x16:  # a TLS handshake record: a ClientHello
+            if origin is None:
+                self._terminate_tls(data, self._certificate)
+                return
+            # Hold it while we shake hands with the origin: its certificate's names go into
+            # the leaf the client is about to see.
+            self._hello = data
+            self.client.pause_reading()
+            self.ctx.pool.start_tls(origin)
+            return
+        reader.feed(data)
+        events, reader.events = reader.events, []
+        if any(type(event) is ProtocolError for event in events):
+            # Neither TLS nor HTTP: whatever it is goes to the origin untouched.
+            self.stop_reading()
+            self.events.append(TunnelData(data))
+            if origin is not None:
+                self._origin = origin.owner = None
+                self.relay(origin)
+            elif self.ctx.tunnel_connect is None:
+                carry_out(Side.UPSTREAM, Ending.UNREACHABLE, Phase.TUNNEL, None, self.client)
+            else:
+                self.client.pause_reading()  # until the tunnel can take the rest
+                self.ctx.tunnel_connect(host, port, self)
+            return
+        self.intercepted = ("http", host, port)
+        if origin is not None:  # plain HTTP to the origin: its first request takes this one
+            self._origin = origin.owner = None
+            self.ctx.pool.release(origin, ("http", host, port))
+        self.events.extend(events)
+        self.pump()
+
+    def origin_verified(self, origin: UpstreamConnection) -> None:
+        """The origin's TLS handshake is done and its certificate verified: the client's goes
+        ahead with a leaf naming what the origin's certificate names."""
+        self._origin = origin.owner = None
+        certificate = origin.peer_certificate()
+        self.ctx.pool.release(origin)  # the first request inside takes it
+        self._terminate_tls(self._hello, certificate)
+
+    def _origin_ended(self, side: Side, ending: Ending) -> Action:
+        # Between the CONNECT's 200 and the origin's verified handshake, the pair is the
+        # client and that connection.
+        origin = self._origin
+        this, peer = (self.client, origin) if side is Side.CLIENT else (origin, self.client)
+        action = carry_out(side, ending, Phase.HANDSHAKE, this, peer)
+        self._origin = None
+        if action is Action.ESTABLISH and self._hello:
+            self._terminate_tls(self._hello, None)
+        return action
+
+    def _terminate_tls(self, hello: bytes, certificate: object | None) -> None:
+        assert self.intercepted is not None and self.ctx.intercept is not None
+        _, host, port = self.intercepted
+        self._hello = b""
+        self._update_client_reading()
+        self.client.start_tls(self.ctx.intercept(host, port, certificate), hello, host)
+
+    # The opaque relay inside a lazily intercepted CONNECT reports here (context.TunnelOwner).
+
+    @property
+    def gone(self) -> bool:
+        """The client has ended."""
+        return self.closed
+
+    def tunnel_connected(self, leg: TunnelUpstream) -> None:
+        """The origin is connected: relay the bytes held so far, and all that follow."""
+        self.relay(leg)
+
+    def tunnel_failed(self, reason: Failure) -> None:
+        """The origin could not be reached; the client had its 200 already: it is cut."""
+        carry_out(Side.UPSTREAM, Ending.UNREACHABLE, Phase.TUNNEL, None, self.client)
 
     def _take_tunnel_bytes(self) -> bytes:
         """Drop the CONNECT's (or upgrade's) END and return the bytes that followed its head."""
@@ -286,3 +394,41 @@ class Session:
         self._update_client_reading()
         if leftover:
             tunnel.from_client(leftover)
+
+
+class _Origin:
+    """What an intercepted CONNECT's origin connection reports to between the 200 and its
+    verified TLS handshake (upstream.Owner): every ending is the session's HANDSHAKE row."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """The handshake completed and the certificate was verified."""
+        if conn is self.session._origin:
+            self.session.origin_verified(conn)
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: Failure) -> None:
+        """Not for a connection already made."""
+
+    def upstream_events(self, conn: UpstreamConnection, events: list[ResponseEvent]) -> None:
+        """The origin spoke first, unasked: its connection cannot serve this tunnel."""
+        conn.unclaimed(events)
+
+    def upstream_timed_out(self, conn: UpstreamConnection) -> None:
+        """The handshake did not finish within the read timeout."""
+        if conn is self.session._origin:
+            self.session.end(Side.UPSTREAM, Ending.TIMED_OUT)
+
+    def upstream_lost(self, conn: UpstreamConnection, ending: Ending, reason: Failure) -> None:
+        """The connection ended (a TLS failure included)."""
+        if conn is self.session._origin:
+            self.session.end(Side.UPSTREAM, ending)
+
+    def upstream_write_blocked(self) -> None:
+        """Nothing of the client's is written there before the handshake."""
+
+    def upstream_write_unblocked(self) -> None:
+        """See upstream_write_blocked."""

@@ -17,6 +17,7 @@ class State(Enum):
 
     QUEUED = "queued"  # head read; waits for the exchanges before it on the connection
     CONNECTING = "connecting"  # waiting for a new upstream connection (or a tunnel's)
+    OPENING = "opening"  # an eager intercepted CONNECT waits for its origin before answering
     SENT = "sent"  # request head sent upstream; no response head yet
     RESPONDING = "responding"  # response head relayed; its body streams to the client
     ANSWERED = "answered"  # the client has the whole response; the request body still arrives
@@ -30,6 +31,7 @@ class Step(Enum):
     __hash__ = object.__hash__  # see State
 
     DISPATCH = "dispatch"  # connect to the upstream (again, for a retry)
+    OPEN = "open"  # connect to an intercepted CONNECT's origin before answering it
     SEND = "send"  # the request head goes out on a ready connection
     RESPOND = "respond"  # the response head goes to the client
     COMPLETE = "complete"  # the last of both directions is through
@@ -45,6 +47,9 @@ TRANSITIONS: dict[tuple[State, Step], State] = {
     (S.QUEUED, Step.SEND): S.SENT,
     (S.QUEUED, Step.ANSWER): S.DONE,
     (S.QUEUED, Step.UPGRADE): S.UPGRADED,
+    (S.QUEUED, Step.OPEN): S.OPENING,
+    (S.OPENING, Step.ANSWER): S.DONE,  # unreachable: 502/504
+    (S.OPENING, Step.UPGRADE): S.UPGRADED,  # reachable: 200, then TLS (or HTTP) inside
     (S.CONNECTING, Step.SEND): S.SENT,
     (S.CONNECTING, Step.ANSWER): S.DONE,
     (S.CONNECTING, Step.UPGRADE): S.UPGRADED,
@@ -55,7 +60,10 @@ TRANSITIONS: dict[tuple[State, Step], State] = {
     (S.RESPONDING, Step.COMPLETE): S.DONE,
     (S.RESPONDING, Step.EARLY): S.ANSWERED,
     (S.ANSWERED, Step.COMPLETE): S.DONE,
-    **{(s, Step.CUT): S.DONE for s in (S.QUEUED, S.CONNECTING, S.SENT, S.RESPONDING, S.ANSWERED)},
+    **{
+        (s, Step.CUT): S.DONE
+        for s in (S.QUEUED, S.CONNECTING, S.OPENING, S.SENT, S.RESPONDING, S.ANSWERED)
+    },
 }
 
 # The same table by state, for the lookup an exchange makes on every move (no key to build).
@@ -72,6 +80,7 @@ TAKES_BODY = frozenset({S.SENT, S.RESPONDING, S.ANSWERED})
 PHASES: dict[State, Phase] = {
     S.QUEUED: Phase.REQUEST,
     S.CONNECTING: Phase.REQUEST,
+    S.OPENING: Phase.CONNECT,
     S.SENT: Phase.REQUEST,
     S.RESPONDING: Phase.RESPONSE,
     S.ANSWERED: Phase.ANSWERED,

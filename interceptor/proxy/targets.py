@@ -47,16 +47,18 @@ def split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
     return _host(url, authority), _port(url, default_port)
 
 
-def parse_target(target: bytes, intercepted: tuple[str, int] | None) -> tuple[str, str, int, bytes]:
+def parse_target(
+    target: bytes, intercepted: tuple[str, str, int] | None
+) -> tuple[str, str, int, bytes]:
     """(scheme, host, port, path) of a request target: absolute-form, or origin-form inside an
-    intercepted CONNECT."""
+    intercepted CONNECT (`intercepted`: its scheme, https or plain http inside, host, port)."""
     if target.startswith(b"/"):
         if intercepted is None:
             raise ValueError(
                 "origin-form request: this is a proxy, send an absolute URL (GET http://host/path)"
             )
-        host, port = intercepted
-        return "https", host, port, target
+        inside, host, port = intercepted
+        return inside, host, port, target
     try:
         url = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:

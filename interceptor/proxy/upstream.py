@@ -9,7 +9,7 @@ been verified: the owner is told "ready" only then.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.internet import endpoints
 from twisted.internet.interfaces import (
@@ -28,7 +28,7 @@ from ..hosts import parse_ip
 from ..process import Counters, SocketRegistry
 from .events import ResponseEvent, TunnelData
 from .http1 import ResponseReader
-from .leg import BufferSignal, Leg, end
+from .leg import BufferSignal, Leg, TLSCapable, end
 from .lifecycle import Ending, Phase, Side
 
 Key = tuple[str, str, int]  # (scheme, host, port)
@@ -105,6 +105,24 @@ class UpstreamConnection(Leg):
         self.stream.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
         if not self.tls:
             self._ready()
+        else:
+            self._await_handshake()
+
+    def start_tls(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        """Begin TLS on this TCP connection (an eager CONNECT's origin, once the client spoke
+        TLS); the owner hears "ready" once the certificate is verified, as for a new one."""
+        self.tls = True
+        self.ready = False
+        transport = cast(TLSCapable, self.transport)
+        transport.startTLS(creator)  # wraps the transport in place: our stream stays valid
+        self._await_handshake()
+
+    def _await_handshake(self) -> None:
+        # The handshake is owed like a response: an origin that never finishes it times out as
+        # one that never answers does.
+        self._last_activity = self.clock.seconds()
+        if self._read_timer is None:
+            self._read_timer = self.clock.callLater(self.pool.read_timeout, self._check_read)
 
     def handshakeCompleted(self) -> None:
         # Twisted verified chain and name before calling this; only now may bytes flow.
@@ -124,6 +142,11 @@ class UpstreamConnection(Leg):
         self.ready = True
         if self.owner is not None:
             self.owner.upstream_ready(self)
+
+    def peer_certificate(self) -> object | None:
+        """The origin's certificate, once TLS is up (opaque here: the tls package reads it)."""
+        get = getattr(self.stream, "getPeerCertificate", None)
+        return get() if get is not None else None
 
     def relay_to(self, relay: Relay) -> None:
         """From now on (after a 101) this connection is one leg of an opaque relay."""
@@ -293,14 +316,23 @@ class Pool:
                 return conn
         return None
 
-    def connect(self, key: Key, owner: Owner) -> UpstreamConnection:
-        """Start a new connection owned by `owner`.
+    def idle_certificate(self, key: Key) -> object | None:
+        """The origin certificate of an idle verified connection for `key`, if one is pooled."""
+        for conn in reversed(self.idle.get(key, ())):
+            if conn.reusable and conn.tls:
+                return conn.peer_certificate()
+        return None
+
+    def connect(self, key: Key, owner: Owner, tls: bool | None = None) -> UpstreamConnection:
+        """Start a new connection owned by `owner`: TLS for https unless `tls` is False (TCP
+        only, for `start_tls` later).
 
         Connect errors (refused, DNS, timeout) reach the owner's `upstream_failed`; everything
         after the TCP connect, TLS failures included, its other callbacks.
         """
         scheme, host, port = key
-        tls = scheme == "https"
+        if tls is None:
+            tls = scheme == "https"
         conn = UpstreamConnection(self, key, owner, tls)
         endpoint = client_endpoint(
             self.reactor, self.hosts.get(host.lower(), host), port, self.connect_timeout
@@ -315,9 +347,18 @@ class Pool:
         d.addErrback(conn.connect_failed)
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """Take back a connection whose exchange ended cleanly."""
+    def start_tls(self, conn: UpstreamConnection) -> None:
+        """Begin verified TLS on a TCP connection made with `tls=False`, for its host."""
+        if self.tls_creator is None:
+            raise RuntimeError("https upstream without TLS support")
+        conn.start_tls(self.tls_creator(conn.key[1]))
+
+    def release(self, conn: UpstreamConnection, key: Key | None = None) -> None:
+        """Take back a connection whose exchange ended cleanly (pooled for `key` from now on,
+        if given: a TCP connection made for a CONNECT that carried plain HTTP)."""
         conn.owner = None
+        if key is not None:
+            conn.key = key
         if not conn.reusable or self.size == 0:
             end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)
             return

@@ -2,8 +2,9 @@
 
 After answering a CONNECT with "200 Connection established" the proxy calls
 ``transport.startTLS(InterceptContextFactory(minter, authority_host))``. The factory presents
-a leaf for the CONNECT authority and, when the client sends SNI, switches to a leaf for the
-SNI name. Leaves are minted by :class:`LeafMinter`, signed by the
+a leaf for the CONNECT authority (plus the names of the origin's certificate, when the proxy
+connected first) and, when the client sends SNI for a name that leaf lacks, switches to a leaf
+for the SNI name. Leaves are minted by :class:`LeafMinter`, signed by the
 :class:`~.ca.CertificateAuthority` users trust.
 
 Cheap per connection, on the reactor thread: every leaf shares one EC P-256 key generated at
@@ -59,10 +60,13 @@ class _Leaf:
     ``getContext`` and does carry one.
     """
 
-    __slots__ = ("host", "certificate", "expires", "_plain", "_initial")
+    __slots__ = ("host", "names", "certificate", "expires", "_plain", "_initial")
 
-    def __init__(self, host: str, certificate: x509.Certificate, expires: float) -> None:
+    def __init__(
+        self, host: str, names: frozenset[str], certificate: x509.Certificate, expires: float
+    ) -> None:
         self.host = host
+        self.names = names  # every name it is valid for, host included
         self.certificate = certificate
         self.expires = expires
         self._plain: SSL.Context | None = None
@@ -70,7 +74,8 @@ class _Leaf:
 
 
 class LeafMinter:
-    """Mints and caches (LRU, by lower-cased host) leaf certificates signed by *ca*.
+    """Mints and caches (LRU, by lower-cased host and the origin's names) leaf certificates
+    signed by *ca*.
 
     All leaves share one EC P-256 key generated here, which keeps minting at a fraction of a
     millisecond: one ECDSA signature plus building an :class:`OpenSSL.SSL.Context`.
@@ -90,7 +95,7 @@ class LeafMinter:
         self._ca = ca
         self._cache_size = cache_size
         self._now = now
-        self._cache: OrderedDict[str, _Leaf] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, tuple[str, ...]], _Leaf] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -106,9 +111,16 @@ class LeafMinter:
                 ca.private_key.public_key()
             )
 
-    def intercept(self, host: str, port: int) -> InterceptContextFactory:
-        """The client-side TLS context factory for an intercepted CONNECT to host:port."""
-        return InterceptContextFactory(self, host)
+    def intercept(
+        self, host: str, port: int, origin: object | None = None
+    ) -> InterceptContextFactory:
+        """The client-side TLS context factory for an intercepted CONNECT to host:port.
+
+        `origin`: the origin's certificate (an OpenSSL X509), when we connected first; the leaf
+        then also names what it names (as mitmproxy's upstream_cert), so a client that asked
+        by IP, or by another name of the same server, gets a certificate that matches.
+        """
+        return InterceptContextFactory(self, host, origin_names(origin))
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -125,24 +137,28 @@ class LeafMinter:
 
     # Internals used by InterceptContextFactory as well.
 
-    def _leaf(self, host: str) -> _Leaf:
-        key = normalize_host(host)
+    def _leaf(self, host: str, also: tuple[str, ...] = ()) -> _Leaf:
+        host = normalize_host(host)
+        key = (host, also)
         leaf = self._cache.get(key)
         if leaf is not None and leaf.expires > self._now():
             self.hits += 1
             self._cache.move_to_end(key)
             return leaf
         self.misses += 1
-        leaf = self._mint(key)
+        leaf = self._mint(host, also)
         self._cache[key] = leaf
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return leaf
 
-    def _mint(self, host: str) -> _Leaf:
-        ip = parse_ip(host)
-        san: x509.GeneralName = x509.IPAddress(ip) if ip is not None else x509.DNSName(host)
+    def _mint(self, host: str, also: tuple[str, ...]) -> _Leaf:
+        names = [host, *(name for name in also if name != host)]
+        sans: list[x509.GeneralName] = []
+        for name in names:
+            ip = parse_ip(name)
+            sans.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(name))
         now = utc(self._now)
         start = now - BACKDATE
         end = min(start + _LEAF_VALIDITY, self._ca.certificate.not_valid_after_utc)
@@ -170,14 +186,14 @@ class LeafMinter:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(self._aki, critical=False)
             .add_extension(self._ski, critical=False)
             .sign(self._ca.private_key, hashes.SHA256())
         )
         # Re-mint a day before expiry so a long-running proxy never serves a stale leaf.
         expires = (end - BACKDATE).timestamp()
-        return _Leaf(host, certificate, expires)
+        return _Leaf(host, frozenset(names), certificate, expires)
 
     def _new_context(self, leaf: _Leaf) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
@@ -220,13 +236,37 @@ class LeafMinter:
                 # Nothing sensible to mint; the client will reject the authority's leaf
                 # itself, which is more informative than aborting the handshake here.
                 return
-            if name == leaf.host:
-                return
+            if name in leaf.names:
+                return  # the CONNECT's host, or a name the origin's certificate gave us
             conn.set_context(self._plain_context(self._leaf(name)))
         except Exception:
             # An exception escaping into OpenSSL would abort the handshake with an opaque
             # alert; log it and carry on with the authority's certificate instead.
             _log.failure("while selecting a certificate for SNI {sni!r}", sni=raw)
+
+
+MAX_ORIGIN_NAMES = 100  # names copied from an origin's certificate, to bound a leaf's size
+
+
+def origin_names(certificate: object | None) -> tuple[str, ...]:
+    """The DNS names and IP addresses an origin's certificate (an OpenSSL X509) is valid for,
+    sorted, at most MAX_ORIGIN_NAMES; () for None or a certificate without usable names."""
+    if certificate is None:
+        return ()
+    try:
+        cert = certificate.to_cryptography()  # type: ignore[attr-defined]
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (AttributeError, ValueError, x509.ExtensionNotFound):
+        return ()
+    names: set[str] = set()
+    for name in sans.get_values_for_type(x509.DNSName):
+        try:
+            wild = name.startswith("*.")
+            names.add("*." + normalize_host(name[2:]) if wild else normalize_host(name))
+        except ValueError:
+            continue  # nothing we could put in a certificate of ours
+    names.update(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+    return tuple(sorted(names)[:MAX_ORIGIN_NAMES])
 
 
 @implementer(IOpenSSLContextFactory)
@@ -243,13 +283,17 @@ class InterceptContextFactory:
     client's SNI names a usable host.  The proxy stays up either way.
     """
 
-    def __init__(self, minter: LeafMinter, default_host: str) -> None:
+    def __init__(
+        self, minter: LeafMinter, default_host: str, also: tuple[str, ...] = ()
+    ) -> None:
         self._minter = minter
+        self.also = also  # names the leaf carries besides default_host (the origin's)
         try:
             self.default_host = normalize_host(default_host)
         except ValueError:
             self.default_host = "invalid"
+            self.also = ()
 
     def getContext(self) -> SSL.Context:  # noqa: N802 - Twisted interface name
         """The initial server context: *default_host*'s leaf plus the SNI callback."""
-        return self._minter._initial_context(self._minter._leaf(self.default_host))
+        return self._minter._initial_context(self._minter._leaf(self.default_host, self.also))
