@@ -103,6 +103,7 @@ class ProxyConfig:
     half_close_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     sigpipe: str = "ignore"
+    via_name: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))
@@ -438,6 +439,17 @@ def _non_empty(value: object) -> object:
     return value
 
 
+_TCHAR = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def _token(value: object) -> object:
+    # What Via allows as a received-by pseudonym (RFC 9110 5.6.2 token), kept short.
+    text = str(value)
+    if text and not _TCHAR.fullmatch(text):
+        raise _Invalid(f"must be a token (letters, digits, -._~...; at most 64), got {value!r}")
+    return text
+
+
 def _hostname(value: object) -> object:
     name = str(value).lower()
     if not is_host_name(name):
@@ -580,6 +592,9 @@ _FIELDS: tuple[_Field, ...] = (
        "Seconds to drain connections on SIGTERM before closing them."),
     _F("proxy", "sigpipe", _STR, "ignore", (_one_of("ignore", "close", "inherit"),),
        "SIGPIPE: ignore it, close (abort the failed connection) or inherit the parent's."),
+    _F("proxy", "via_name", _STR, "", (_token,),
+       "Pseudonym in the Via header we add, by which loops are detected (508); empty: "
+       "derived from the host name and listeners, so two instances differ."),
     _F("upstream", "pool_size", _INT, 8, (_at_least(0),),
        "Idle persistent connections kept per (scheme, host, port); 0 disables pooling."),
     _F("upstream", "pool_idle_timeout", _FLOAT, 30.0, _POSITIVE,

@@ -8,6 +8,7 @@ Stop order: stop accepting, mark draining (readiness fails), let in-flight excha
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import socket
 from collections.abc import Callable, Iterable
@@ -115,6 +116,7 @@ class ProxyService(Service):
             read_timeout=cfg.upstream.read_timeout,
         )
         passthrough = HostPatterns(cfg.tls.passthrough)
+        via = cfg.proxy.via_name or via_pseudonym(socket.gethostname(), cfg.proxy.listen)
         self.ctx = ProxyContext(
             clock=self.reactor,
             counters=self.counters,
@@ -128,7 +130,9 @@ class ProxyService(Service):
             tunnel_connect=self._tunnel_connect,
             describe_tls_failure=tls.describe_tls_failure,
             eager=cfg.tls.connect == "eager",
+            via=via,
         )
+        _log.info("Via pseudonym {via}", via=via)
         factory = ProxyFactory(self.ctx, self.registry)
         for description in cfg.proxy.listen:
             self.ports.append(self._listen(description, factory))
@@ -309,3 +313,10 @@ def beyond_loopback(addresses: Iterable[IAddress]) -> list[str]:
         if isinstance(a, IPv4Address | IPv6Address)
         and not ((ip := parse_ip(a.host)) is not None and ip.is_loopback)
     ]
+
+
+def via_pseudonym(host_name: str, listen: Iterable[str]) -> str:
+    """The default `[proxy] via_name`: the same for one instance across restarts, different
+    for two (another machine, or other listeners), and without naming the machine."""
+    seed = " ".join([host_name, *listen]).encode("utf-8", "replace")
+    return "interceptor-" + hashlib.sha256(seed).hexdigest()[:10]

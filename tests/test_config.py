@@ -179,6 +179,7 @@ FILE_ERRORS = [
     ('[upstream]\nhosts = { "a..example" = "1.2.3.4" }\n', "upstream.hosts", "not a host name"),
     ('[upstream]\nhosts = { A = "1.1.1.1", a = "2.2.2.2" }\n', "upstream.hosts", "twice"),
     ('[tls]\nverify_upstream = "yes"\n', "tls.verify_upstream", "expected a boolean, got string"),
+    ('[proxy]\nvia_name = "a b"\n', "proxy.via_name", "must be a token"),
     ("[tls]\nverify_upstream = 1\n", "tls.verify_upstream", "expected a boolean, got integer"),
     ('[tls]\nca_dir = ""\n', "tls.ca_dir", "must not be empty"),
     ('[tls]\npassthrough = ["exa mple.com"]\n', "tls.passthrough", "not a host pattern"),

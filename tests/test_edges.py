@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from interceptor.service import via_pseudonym
 from tests import certs
 from tests.storm import fd_count
 from tests.support import (
@@ -61,6 +62,40 @@ def test_requests_to_the_proxy_itself_are_refused(proxy: ProxyProcess, target: s
     else:
         assert resp.status == 403, resp.body
         assert "is this proxy itself" in one_line(resp.body)
+
+
+def test_via_is_added_both_ways_and_a_request_that_carries_ours_is_a_loop(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    origin.route("/v", respond(b"via", headers=[("Via", "1.1 far-away")]))
+    resp, conn = exchange(proxy.port, get(origin.url("/v"), [("Via", "1.0 client-side")]))
+    conn.close()
+    assert resp.status == 200
+    (up,) = origin.requests_for("/v")
+    # Ours comes after the hops before us, received as HTTP/1.1 (RFC 9110 7.6.3).
+    assert up.header_values("via") == ["1.0 client-side", f"1.1 {pseudonym(proxy)}"]
+    assert resp.header_values("via") == ["1.1 far-away", f"1.1 {pseudonym(proxy)}"]
+    # Come round again (a name that resolves here, a proxy behind that sends it back): 508.
+    looped = get(origin.url("/v"), [("Via", f"1.1 {pseudonym(proxy)}, 1.1 other")])
+    resp, conn = exchange(proxy.port, looped)
+    conn.close()
+    assert resp.status == 508
+    assert one_line(resp.body) == "loop detected: this request already passed through here"
+    assert len(origin.requests_for("/v")) == 1
+
+
+def pseudonym(proxy: ProxyProcess) -> str:
+    """The proxy's Via pseudonym, as its start-up log says."""
+    match = proxy.wait_for_log(r"Via pseudonym (\S+)")
+    return match.group(1)
+
+
+def test_two_instances_have_different_pseudonyms() -> None:
+    one = via_pseudonym("host-a", ["tcp:8080"])
+    assert one == via_pseudonym("host-a", ["tcp:8080"])  # stable across restarts
+    assert one != via_pseudonym("host-a", ["tcp:8081"])
+    assert one != via_pseudonym("host-b", ["tcp:8080"])
+    assert "host-a" not in one
 
 
 def settled_fds(proxy: ProxyProcess, admin_port: int) -> int:

@@ -294,3 +294,13 @@ def test_serialisation_round_trips_through_the_parser():
     r = read_response(resp)
     assert payload(r.events[0]).status == 502
     assert b"".join(p for k, p in pairs(r.events) if k == BODY) == b"upstream refused\n"
+
+
+def test_via_names_a_hop_by_its_received_by_part_only() -> None:
+    from interceptor.proxy.headers import passed_through, via_value
+
+    assert via_value("1.0", b"us") == b"1.0 us"
+    ours = [(b"Host", b"h"), (b"VIA", b"1.1 them (comment us), HTTP/1.1 us")]
+    assert passed_through(ours, b"us")
+    assert not passed_through([(b"Via", b"1.1 them (us)"), (b"Via", b"us")], b"us")
+    assert not passed_through([(b"Via", b"1.1 usx")], b"us")

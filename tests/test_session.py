@@ -12,6 +12,7 @@ import pytest
 from twisted.internet import error
 from twisted.internet.ssl import optionsForClientTLS
 
+from interceptor.proxy.context import OwnAddresses
 from tests.playbook import (
     Playbook,
     Rig,
@@ -379,6 +380,26 @@ def test_intercepted_connect_starts_tls_and_serves_origin_form():
 
 
 EAGER = dict(intercept=lambda host, port, origin: ("ctx", host, port), eager=True)
+VIA = b"Via: 1.1 us"
+
+
+def test_via_is_added_to_requests_and_responses_and_ours_coming_back_is_508():
+    assert (
+        Playbook(Rig(via="us"))
+        >> client_sends(head(b"GET http://127.0.0.1:9000/a HTTP/1.1", ORIGIN, b"Via: 1.0 them"))
+        << connects(HOST, PORT, timeout=10.0)
+        >> connected()
+        << upstream_receives(head(b"GET /a HTTP/1.1", ORIGIN, b"Via: 1.0 them", VIA))
+        >> upstream_sends(OK)
+        << client_receives(head(b"HTTP/1.1 200 OK", b"Content-Length: 5", VIA) + b"hello")
+        << pooled(1)
+        >> client_sends(head(b"GET http://127.0.0.1:9000/a HTTP/1.1", ORIGIN, b"Via: 1.1 us"))
+        << client_receives(
+            refusal(
+                b"508 Loop Detected", b"loop detected: this request already passed through here"
+            )
+        )
+    )
 CONNECT_TARGET = head(b"CONNECT 127.0.0.1:9000 HTTP/1.1", ORIGIN)
 
 
@@ -420,6 +441,24 @@ def test_client_leaving_before_its_first_bytes_takes_the_eager_origin_with_it():
         opened()
         >> client_closes()
         << upstream_aborted()
+    )
+
+
+def test_connect_whose_name_leads_back_to_the_proxy_is_refused_once_connected():
+    # A name we cannot tell is ours before connecting (the memory reactor resolves every name
+    # to 127.0.0.1): the connection's peer says so.
+    rig = Rig(**EAGER)
+    rig.ctx.own = OwnAddresses([(HOST, PORT)], frozenset())
+    assert (
+        Playbook(rig)
+        >> client_sends(head(b"CONNECT loop.example:9000 HTTP/1.1", b"Host: loop.example:9000"))
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_closed()
+        << client_receives(
+            refusal(b"403 Forbidden", b"loop.example:9000 is this proxy itself", True)
+        )
+        << client_closed()
     )
 
 

@@ -14,6 +14,7 @@ from ..addons.chain import HookChain
 from ..flow import Flow
 from ..hosts import IPAddress, parse_ip
 from ..process import Counters
+from .headers import via_value
 from .passthrough import LearnedPassthrough
 from .upstream import Pool
 
@@ -99,6 +100,7 @@ class ProxyContext:
         tunnel_connect: TunnelConnect | None = None,
         describe_tls_failure: Callable[[Failure], str] | None = None,
         eager: bool = False,
+        via: str | None = None,
     ) -> None:
         self.clock = clock
         self.counters = counters
@@ -109,6 +111,10 @@ class ProxyContext:
         self.half_close_timeout = half_close_timeout
         self.intercept = intercept  # None: every CONNECT is an opaque tunnel
         self.eager = eager  # [tls] connect = "eager": reach the origin before answering CONNECT
+        # [proxy] via_name: the pseudonym in the Via we add, and the one loops are known by
+        # (None: no Via at all, for unit tests of everything else; the service always sets one).
+        self.via = via.encode("ascii") if via is not None else None
+        self._via_values = {v: via_value(v, self.via) for v in ("1.1", "1.0")} if self.via else {}
         self.passthrough = passthrough or _never
         self.tunnel_connect = tunnel_connect
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage
@@ -119,6 +125,13 @@ class ProxyContext:
         self.sessions: set[Session] = set()
         self.draining = False
         self._closed: list[Callable[[], None]] = []
+
+    def via_for(self, version: str) -> bytes | None:
+        """Our Via value for a message received as HTTP/`version` (None: we add none)."""
+        value = self._via_values.get(version)
+        if value is None and self.via is not None:
+            value = via_value(version, self.via)
+        return value
 
     def record(self, flow: Flow) -> None:
         """An exchange is over: count what the client got and tell the hooks (the access log)."""

@@ -32,9 +32,11 @@ from .events import (
 from .headers import (
     forwarded_request_headers,
     max_forwards,
+    passed_through,
     proxy_authorization,
     with_max_forwards,
 )
+from .leg import Leg, end
 from .lifecycle import Action, Ending, Phase, Side
 from .response import ResponseSide
 from .states import PHASES, State, Step
@@ -86,11 +88,12 @@ class Exchange(ResponseSide):
 
     def start(self) -> None:
         """This exchange's turn has come: refuse it, route its CONNECT, or send it upstream."""
+        ctx = self.ctx
         if self.refusal is not None:
             self.request_complete = True
             self.answer_error(self.refusal.status, self.refusal.reason)
             return
-        if not self.admitted and not self.ctx.access.open and not self._admit():
+        if not self.admitted and not ctx.access.open and not self._admit():
             return
         head = self.head
         if head.method == b"CONNECT":
@@ -103,7 +106,11 @@ class Exchange(ResponseSide):
             return
         default_port = 443 if scheme == "https" else 80
         authority = format_authority(host, port, default_port).encode("ascii")
-        headers = forwarded_request_headers(head, authority)
+        if ctx.via is not None and passed_through(head.headers, ctx.via):
+            # This proxy, reached again: through a name that resolves to it, or a proxy behind.
+            self.answer_error(508, "loop detected: this request already passed through here")
+            return
+        headers = forwarded_request_headers(head, authority, ctx.via_for(head.version))
         flow = self.flow
         method = head.method.decode("ascii")
         flow.request = req = Request(method, scheme, host, port, path, headers, head.version)
@@ -213,8 +220,26 @@ class Exchange(ResponseSide):
         address = self.ctx.pool.hosts.get(host, host)
         if (address, port) not in self.ctx.own:
             return False
-        self.answer_error(403, f"{format_authority(host, port)} is this proxy itself")
+        self._refuse_ourselves()
         return True
+
+    def _reached_ourselves(self, leg: Leg) -> bool:
+        """A CONNECT whose name led to one of our own listeners is refused (403) once that is
+        known, as the address given literally is before connecting: nested tunnels through
+        ourselves would otherwise eat descriptors. (Plain requests meet their own Via: 508.)"""
+        address = leg.stream.getPeer() if leg.stream is not None else None
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if host is None or port is None or (host, port) not in self.ctx.own:
+            return False
+        self.upstream = None
+        end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, leg)
+        self._refuse_ourselves()
+        return True
+
+    def _refuse_ourselves(self) -> None:
+        req = self.flow.request
+        assert req is not None  # the target is known before its destination is checked
+        self.answer_error(403, f"{format_authority(req.host, req.port)} is this proxy itself")
 
     # -- the request body ------------------------------------------------------------------
 

@@ -55,17 +55,39 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 _NOT_NAMES = HOP_BY_HOP | {b"close"}
 
 
-def forwarded_request_headers(head: RequestHead, authority: bytes) -> Headers:
-    """The headers a request goes upstream with: our Host first, no hop-by-hop ones."""
+def forwarded_request_headers(
+    head: RequestHead, authority: bytes, via: bytes | None
+) -> Headers:
+    """The headers a request goes upstream with: our Host first, no hop-by-hop ones, our Via
+    (`via`: its value, if any) after any the request carried."""
     headers = [(b"Host", authority)]
     for name, value in strip_hop_by_hop(head.headers):
         if name.lower() != b"host":
             headers.append((name, value))
+    if via is not None:
+        headers.append((b"Via", via))
     if head.framing is CHUNKED:
         headers.append((b"Transfer-Encoding", b"chunked"))
     if head.upgrade:
         headers += [(b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
     return headers
+
+
+def via_value(version: str, pseudonym: bytes) -> bytes:
+    """What we add to Via for a message received as HTTP/`version` (RFC 9110 7.6.3)."""
+    return version.encode("ascii", "replace") + b" " + pseudonym
+
+
+def passed_through(headers: Headers, pseudonym: bytes) -> bool:
+    """Whether a Via header names `pseudonym` as a recipient: the message came through us."""
+    for name, value in headers:
+        if len(name) == 3 and name.lower() == b"via":
+            for hop in value.split(b","):
+                # received-protocol RWS received-by [ RWS comment ]
+                parts = hop.split()
+                if len(parts) >= 2 and parts[1] == pseudonym:
+                    return True
+    return False
 
 
 def max_forwards(headers: Headers) -> int | None:

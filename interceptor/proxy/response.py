@@ -90,7 +90,8 @@ class ResponseSide:
                 self.session.pump()  # the request body, if any, may go now
                 return
             if self.state is State.OPENING:
-                self.connect_established(conn)  # TCP is up: the origin can be reached
+                if not self._reached_ourselves(conn):
+                    self.connect_established(conn)  # TCP is up: the origin can be reached
                 return
         end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)  # nobody waits for it any more
 
@@ -165,11 +166,17 @@ class ResponseSide:
 
     def tunnel_connected(self, leg: TunnelUpstream) -> None:
         """The passthrough upstream connected: answer 200 and relay opaque bytes from now on."""
+        if self._reached_ourselves(leg):
+            return
         self.upstream = None
         self.flow.status = 200
         self.upgrade()
         self.session.client.write(http1.CONNECT_ESTABLISHED)
         self.session.relay(leg)
+
+    def _reached_ourselves(self, leg: Leg) -> bool:
+        """Refuse a CONNECT whose connection led back to this proxy (see Exchange)."""
+        raise NotImplementedError
 
     def tunnel_failed(self, reason: Failure) -> None:
         """The passthrough upstream could not be reached."""
@@ -212,7 +219,11 @@ class ResponseSide:
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, "unexpected upstream response")
             return
         flow = self.flow
-        flow.response = resp = Response(head.status, head.reason, strip_hop_by_hop(head.headers))
+        headers = strip_hop_by_hop(head.headers)
+        via = self.ctx.via_for(head.version)
+        if via is not None:
+            headers.append((b"Via", via))
+        flow.response = resp = Response(head.status, head.reason, headers)
         self.ctx.hooks.response(flow)
         data, self.out_framing, self.keep_alive = http1.client_response_head(
             resp.status, resp.reason, resp.headers, head.framing, self.http10, self.keep_alive
