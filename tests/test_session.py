@@ -436,6 +436,17 @@ def test_eager_connect_answers_200_once_connected_and_plain_http_reuses_that_con
     )
 
 
+def test_an_eager_origin_that_speaks_first_is_let_go_and_the_client_still_served():
+    assert (
+        opened()
+        >> upstream_sends(b"220 server speaks first\r\n")  # not ours to relay: no one asked
+        << upstream_aborted()
+        >> upstream_lost(error.ConnectionAborted())
+        >> client_sends(b"\x16\x03\x01")
+        << client_starts_tls(("ctx", HOST, PORT), hello=b"\x16\x03\x01")
+    )
+
+
 def test_client_leaving_before_its_first_bytes_takes_the_eager_origin_with_it():
     assert (
         opened()

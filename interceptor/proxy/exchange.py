@@ -114,11 +114,11 @@ class Exchange(ResponseSide):
         flow = self.flow
         method = head.method.decode("ascii")
         flow.request = req = Request(method, scheme, host, port, path, headers, head.version)
-        self.ctx.hooks.request(flow)
+        ctx.hooks.request(flow)
         if flow.local is not None:
             self.answer(*flow.local)
             return
-        if req.port in self.ctx.own.ports and self._to_ourselves(req.host, req.port):
+        if req.port in ctx.own.ports and self._to_ourselves(req.host, req.port):
             return
         if method == "OPTIONS" or method == "TRACE":
             # RFC 9110 7.6.2: at 0 we are the final recipient; else one hop fewer remains.
@@ -133,7 +133,7 @@ class Exchange(ResponseSide):
                 req.headers = with_max_forwards(req.headers, hops - 1)
         self._request_bytes = http1.request_head(req.method.encode("ascii"), req.path, req.headers)
         self._key = (req.scheme, req.host, req.port)
-        conn = self.ctx.pool.acquire(self._key, self)
+        conn = ctx.pool.acquire(self._key, self)
         if conn is None:
             self._connect()
         else:

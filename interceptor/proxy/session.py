@@ -415,7 +415,8 @@ class _Origin:
 
     def upstream_events(self, conn: UpstreamConnection, events: list[ResponseEvent]) -> None:
         """The origin spoke first, unasked: its connection cannot serve this tunnel."""
-        conn.unclaimed(events)
+        if conn is self.session._origin:
+            self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR)
 
     def upstream_timed_out(self, conn: UpstreamConnection) -> None:
         """The handshake did not finish within the read timeout."""
