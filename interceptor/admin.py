@@ -89,6 +89,21 @@ class _Collector:
         for side in ("client", "upstream"):
             m.add_metric([side], c.tls_failures[side])
         yield m
+        m = CounterMetricFamily(
+            "interceptor_hook_failures",
+            "Addon hooks that raised, timed out or left an invalid head",
+            labels=["addon", "event"],
+        )
+        for (addon, event), n in sorted(c.hook_failures.items()):
+            m.add_metric([addon, event], n)
+        yield m
+        ctx = svc.ctx
+        if ctx is not None:
+            yield GaugeMetricFamily(
+                "interceptor_hook_buffered_bytes",
+                "Body bytes held for request/response hooks now (bounded by buffer_budget)",
+                value=ctx.hooks.buffered,
+            )
         yield CounterMetricFamily(
             "interceptor_sigpipe_received", "SIGPIPE signals received", value=c.sigpipe_received
         )

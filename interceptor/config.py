@@ -186,9 +186,15 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class HooksConfig:
-    """Addons: objects whose request/response/error/done methods see every exchange."""
+    """Addons (mitmproxy's addon API): which to load, how long a hook may take, and how much
+    of the bodies they read may be held in memory."""
 
+    scripts: tuple[str, ...] = ()
     addons: tuple[str, ...] = ()
+    timeout: float = 30.0
+    body_limit: int = 8 * 1024 * 1024
+    buffer_budget: int = 256 * 1024 * 1024
+    body_overflow: str = "stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +395,27 @@ def _env_max_files(text: str) -> int | str:
         raise _Invalid(f'expected "hard" or an integer, got {text!r}') from None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}  # fmt: skip
+_SIZE_TEXT = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+def _size_from_text(text: str) -> int:
+    found = _SIZE_TEXT.fullmatch(text)
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _SIZE_UNITS:
+        raise _Invalid(f'expected a size in bytes, e.g. 8388608 or "8 MiB", got {text!r}')
+    return int(found.group(1)) * _SIZE_UNITS[unit]
+
+
+def _coerce_size(value: object) -> int:
+    if isinstance(value, str):
+        return _size_from_text(value)
+    return _coerce_int(value)
+
+
 _FLOAT = _Kind(_coerce_float, _env_float)
+_SIZE = _Kind(_coerce_size, _size_from_text)
 _INT = _Kind(_coerce_int, _env_int)
 _BOOL = _Kind(_coerce_bool, _env_bool)
 _STR = _Kind(_coerce_str, lambda text: text)
@@ -507,6 +533,18 @@ def _addon_refs(value: object) -> object:
         if not _ADDON_REF.fullmatch(ref):
             raise _Invalid(f"not a 'module:name' reference: {ref!r}")
     return refs
+
+
+def _scripts(value: object) -> object:
+    # Checked now, so a wrong path is one line at start-up naming the key, exit 2; the script's
+    # own errors are reported the same way when it is loaded.
+    paths = tuple(_expand_user(p) for p in cast("tuple[str, ...]", value))
+    for path in paths:
+        if not path.endswith(".py"):
+            raise _Invalid(f"not a Python file: {path!r}")
+        if not os.path.isfile(path):
+            raise _Invalid(f"no such file: {path!r}")
+    return paths
 
 
 def _passthrough(value: object) -> object:
@@ -635,8 +673,19 @@ _FIELDS: tuple[_Field, ...] = (
        "Write one access-log line per request."),
     _F("log", "format", _STR, "text", (_one_of("text", "json"),),
        "Log line format: text or json."),
+    _F("hooks", "scripts", _STRS, [], (_scripts,),
+       "Addon scripts (mitmproxy's -s): a file's `addons` list, or the module itself."),
     _F("hooks", "addons", _STRS, [], (_addon_refs,),
        "Addons as 'module:name' (an object, or a class made with no arguments), run in order."),
+    _F("hooks", "timeout", _FLOAT, 30.0, _POSITIVE,
+       "Seconds an async (or @concurrent) hook may take before it counts as failed."),
+    _F("hooks", "body_limit", _SIZE, 8 * 1024 * 1024, (_at_least(0),),
+       "Bytes of one message body buffered for a request/response hook."),
+    _F("hooks", "buffer_budget", _SIZE, 256 * 1024 * 1024, (_at_least(0),),
+       "Bytes of bodies buffered for hooks at once, all exchanges together."),
+    _F("hooks", "body_overflow", _STR, "stream", (_one_of("stream", "reject"),),
+       "Past body_limit or buffer_budget: stream the rest (the hook sees content None) or "
+       "reject (413 for a request, 502 for a response)."),
 )  # fmt: skip
 
 _BY_NAME = {f.name: f for f in _FIELDS}

@@ -9,12 +9,19 @@ non-blocking os.write each: a full pipe drops the line (counted), a broken one t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.logger import ILogObserver, formatEvent, formatEventAsClassicLogText
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
 from zope.interface import implementer
 
 
@@ -93,3 +100,60 @@ def json_line(event: dict[str, Any]) -> str:
     if failure is not None:
         out["traceback"] = failure.getTraceback()
     return json.dumps(out, default=str) + "\n"
+
+
+class AddonLogBridge(logging.Handler):
+    """Python `logging` records of addons (INFO and up, ALERT included) into the proxy's log,
+    named after the addon: mitmproxy scripts log with `logging.info(...)`.
+
+    A record is attributed by the file it was logged from (`scripts`: path -> addon name), else
+    by its logger's name.
+    """
+
+    def __init__(self, scripts: dict[str, str]) -> None:
+        super().__init__(logging.INFO)
+        self.scripts = scripts
+        self._log = Logger(namespace="interceptor.addon")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = self.scripts.get(record.pathname) or (
+                record.name if record.name != "root" else record.module
+            )
+            level = _LEVELS.get(record.levelno) or (
+                LogLevel.critical if record.levelno > logging.ERROR else LogLevel.info
+            )
+            text = f"addon {name}: {record.getMessage()}"
+            if record.exc_info:
+                text += f" ({record.exc_info[0].__name__ if record.exc_info[0] else 'error'})"
+            self._log.emit(
+                level,
+                "{text}",
+                text=text.replace("\n", " "),
+                addon=name,
+                level_name=record.levelname.lower(),
+            )
+        except Exception:
+            self.handleError(record)
+
+    def install(self) -> None:
+        """Attach to the root logger (whose default WARNING would hide scripts' INFO)."""
+        root = logging.getLogger()
+        if self not in root.handlers:
+            root.addHandler(self)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def uninstall(self) -> None:
+        """Detach from the root logger."""
+        logging.getLogger().removeHandler(self)
+
+
+_LEVELS = {
+    logging.DEBUG: LogLevel.debug,
+    logging.INFO: LogLevel.info,
+    logging.INFO + 1: LogLevel.info,  # mitmproxy's ALERT
+    logging.WARNING: LogLevel.warn,
+    logging.ERROR: LogLevel.error,
+    logging.CRITICAL: LogLevel.critical,
+}

@@ -30,6 +30,7 @@ class Counters:
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.tls_failures: Counter[str] = Counter()  # side -> n
+        self.hook_failures: Counter[tuple[str, str]] = Counter()  # (addon, event) -> n
         self.refused: Counter[str] = Counter()  # access refusals: reason -> n
         self.sigpipe_received = 0
         self.sigpipe_aborts = 0

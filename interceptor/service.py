@@ -9,8 +9,10 @@ Stop order: stop accepting, mark draining (readiness fails), let in-flight excha
 from __future__ import annotations
 
 import hashlib
+import inspect
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,10 +27,11 @@ from . import process, tls
 from .access import Access, Users
 from .addons.accesslog import AccessLog
 from .addons.capage import CAPage
-from .addons.chain import AddonError, HookChain, load_addons
+from .addons.chain import HookChain, addon_name
+from .addons.loader import AddonError, load_all
 from .config import Config
 from .hosts import HostPatterns, IPAddress, parse_ip
-from .logs import StdoutObserver
+from .logs import AddonLogBridge, StdoutObserver
 from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
 from .proxy.passthrough import LearnedPassthrough
@@ -41,11 +44,17 @@ _log = Logger(namespace="interceptor")
 class StartupError(SystemExit):
     """A start-up failure shown to the user as one line, with a non-zero exit.
 
-    A SystemExit whose message Python prints to stderr: twistd shows no traceback for it.
+    A SystemExit whose message Python prints to stderr: twistd shows no traceback for it. With
+    `code` 2 (the user's configuration is wrong, as for config errors) the line is written here
+    and the status is 2.
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(f"interceptor: {message}")
+    def __init__(self, message: str, code: int = 1) -> None:
+        if code == 1:
+            super().__init__(f"interceptor: {message}")
+        else:
+            sys.stderr.write(f"interceptor: {message}\n")
+            super().__init__(code)
 
 
 class ProxyService(Service):
@@ -64,6 +73,8 @@ class ProxyService(Service):
         self.ca: tls.CertificateAuthority | None = None
         self.upstream_tls: tls.UpstreamTLS | None = None
         self.addons: list[object] = []
+        self.hooks: HookChain | None = None
+        self._log_bridge: AddonLogBridge | None = None
         self.ready = False
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -96,13 +107,20 @@ class ProxyService(Service):
         _log.info(
             "open files limit: soft {old} -> {new} (hard {hard})", old=old, new=new, hard=hard
         )
-        hooks = HookChain()
+        hcfg = cfg.hooks
+        self.hooks = hooks = HookChain(
+            clock=self.reactor,
+            timeout=hcfg.timeout,
+            counters=self.counters,
+            body_limit=hcfg.body_limit,
+            buffer_budget=hcfg.buffer_budget,
+            reject=hcfg.body_overflow == "reject",
+        )
         ca, upstream_tls = self.prepare()
         minter = self._start_tls(hooks, ca)
-        for addon in self.addons:
-            hooks.add(addon)
+        self._start_addons(hooks)
         if cfg.log.access:
-            hooks.add(AccessLog(self.reactor))
+            hooks.add(AccessLog(self.reactor), trusted=True)
         self.pool = pool = Pool(
             reactor=self.reactor,
             clock=self.reactor,
@@ -159,6 +177,32 @@ class ProxyService(Service):
         )
         self.ready = True
 
+    def _start_addons(self, hooks: HookChain) -> None:
+        """Add the user's addons to the chain, say what each handles, hear their logging."""
+        scripts = {}
+        for addon in self.addons:
+            hooks.add(addon)
+            events = ", ".join(hooks.events_of(addon)) or "nothing"
+            _log.info("addon {addon} loaded: {events}", addon=addon_name(addon), events=events)
+            # A script's `logging` records are known by their file: name them after it.
+            module = addon if inspect.ismodule(addon) else sys.modules.get(type(addon).__module__)
+            if module is not None and module.__name__.startswith("__interceptor_script_"):
+                scripts[str(module.__file__)] = addon_name(module)
+        if self.addons:
+            reactor_name = type(self.reactor).__name__
+            _log.info(
+                "hooks: timeout {timeout:g} s, body_limit {limit}, buffer_budget {budget}, "
+                "body_overflow {overflow}; reactor {reactor}",
+                timeout=hooks.timeout,
+                limit=hooks.body_limit,
+                budget=hooks.buffer_budget,
+                overflow=self.config.hooks.body_overflow,
+                reactor=reactor_name,
+            )
+            self._log_bridge = AddonLogBridge(scripts)
+            self._log_bridge.install()
+            self.reactor.callWhenRunning(hooks.lifecycle, "running")
+
     def _access(self) -> Access:
         cfg = self.config.access
         users = None
@@ -195,7 +239,9 @@ class ProxyService(Service):
         if not cfg.verify_upstream:
             _log.warn("verify_upstream = false: upstream certificates are NOT checked")
         self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
-        hooks.add(CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)))
+        hooks.add(
+            CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)), trusted=True
+        )
         return minter
 
     def prepare(self) -> tuple[tls.CertificateAuthority, tls.UpstreamTLS]:
@@ -207,9 +253,9 @@ class ProxyService(Service):
         if self.ca is not None and self.upstream_tls is not None:
             return self.ca, self.upstream_tls
         try:
-            self.addons = load_addons(self.config.hooks.addons)
+            self.addons = load_all(self.config.hooks.scripts, self.config.hooks.addons)
         except AddonError as e:
-            raise StartupError(str(e)) from None
+            raise StartupError(str(e), code=2) from None
 
         cfg = self.config.tls
         try:
@@ -282,6 +328,18 @@ class ProxyService(Service):
                 s.shutdown()
         if self.pool is not None:
             self.pool.close_all()
+        if self.hooks is not None and self.addons:
+            # mitmproxy's `done`: once, at shutdown, with no arguments; a slow one is bounded.
+            pending = self.hooks.lifecycle("done")
+            if pending:
+                waiting = defer.DeferredList(pending, consumeErrors=True)
+                waiting.addTimeout(self.config.hooks.timeout, self.reactor)
+                try:
+                    await waiting
+                except defer.TimeoutError:
+                    pass
+        if self._log_bridge is not None:
+            self._log_bridge.uninstall()
         for p in self.admin_ports:
             await defer.maybeDeferred(p.stopListening)
         # twistd re-raises the stopping signal on itself after shutdown (exit status 143); a

@@ -49,6 +49,21 @@ class Options(usage.Options):
             # One line naming file and key; a SystemExit, so twistd prints no usage or traceback.
             sys.stderr.write(f"interceptor: {e}\n")
             raise SystemExit(2) from None
+        hooks = self.config.hooks
+        if hooks.scripts or hooks.addons:
+            use_asyncio_reactor()
+
+
+def use_asyncio_reactor() -> None:
+    """Addons may await asyncio (mitmproxy's are written so): that needs a running asyncio
+    loop, i.e. Twisted's asyncio reactor. Installed here, before twistd imports a reactor,
+    unless one was chosen already (`--reactor`): then that one stays, and asyncio awaits in
+    hooks fail with a line saying why. See the README for what it costs."""
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
 
 
 def makeService(options: Options) -> IService:

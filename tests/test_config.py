@@ -485,6 +485,8 @@ def test_every_key_has_a_working_env_var(tmp_path: Path) -> None:
     # Feed each default back through its environment variable in environment syntax.
     users = tmp_path / "users"
     users.write_text("alice:$2y$05$" + "a" * 53 + "\n")
+    script = tmp_path / "addon.py"
+    script.write_text("def request(flow):\n    pass\n")
     samples = {
         "access.allow": "10.0.0.0/8, 192.0.2.7",
         "access.users_file": str(users),
@@ -502,6 +504,8 @@ def test_every_key_has_a_working_env_var(tmp_path: Path) -> None:
         "tls.upstream_ca_bundle": "/b.pem",
         "tls.ca_page_host": "ca.test",
         "hooks.addons": "pkg.mod:Addon, other:thing",
+        "hooks.scripts": str(script),
+        "hooks.body_overflow": "reject",
     }
     for spec in config_module._FIELDS:
         value = samples.get(spec.name, "7")

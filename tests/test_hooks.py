@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from interceptor.addons.chain import AddonError, HookChain, load_addons
-from interceptor.flow import Flow, Request
+from interceptor.addons.chain import HookChain
+from interceptor.addons.loader import AddonError, load_addons
+from interceptor.http import Client, Headers, HTTPFlow, Request
 from tests.support import OriginServer, ProxyProcess, respond, run_curl
 
 
-def make_flow() -> Flow:
-    flow = Flow("127.0.0.1:1", 0.0)
-    flow.request = Request("GET", "http", "a.test", 80, b"/", [(b"Host", b"a.test")], "1.1")
+def make_flow() -> HTTPFlow:
+    flow = HTTPFlow(Client(None, 0.0), 0.0)
+    flow.request = Request("GET", "http", "a.test", 80, b"/", Headers(host="a.test"))
     return flow
 
 
@@ -33,16 +34,17 @@ def test_chain_runs_addons_in_order_and_contains_failures():
         def request(self, flow):
             seen.append("second")
 
-        def done(self, flow):
-            seen.append("done")
+        def flow_end(self, flow):
+            seen.append("end")
 
     chain = HookChain([First(), Second()])
     flow = make_flow()
-    chain.request(flow)
-    chain.response(flow)  # nobody listens: nothing happens
-    chain.done(flow)
-    assert seen == ["first", "second", "done"]
+    assert chain.run("request", flow) is None  # all synchronous: no Deferred made
+    assert chain.run("response", flow) is None  # nobody listens: nothing happens
+    chain.flow_end(flow)
+    assert seen == ["first", "second", "end"]
     assert chain.failures == 1
+    assert chain.counters.hook_failures[("first", "request")] == 1
 
 
 def test_load_addons_instantiates_classes_and_takes_objects(tmp_path, monkeypatch):
@@ -74,20 +76,20 @@ def test_load_addons_instantiates_classes_and_takes_objects(tmp_path, monkeypatc
 
 
 ADDON_MODULE = """
-from interceptor.flow import Flow
+from interceptor import http
 
 
 class Tag:
     \"\"\"Marks requests going upstream and responses coming back; blocks one host.\"\"\"
 
-    def request(self, flow: Flow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.request.host == "blocked.test":
-            flow.local = (403, b"text/plain", b"blocked by policy\\n")
+            flow.response = http.Response.make(403, b"blocked by policy\\n")
             return
-        flow.request.headers.append((b"X-Tagged", b"yes"))
+        flow.request.headers["X-Tagged"] = "yes"
 
-    def response(self, flow: Flow) -> None:
-        flow.response.headers.append((b"X-Seen-By", b"interceptor"))
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        flow.response.headers["X-Seen-By"] = "interceptor"
 """
 
 
@@ -128,7 +130,7 @@ def test_a_bad_addon_stops_start_up_with_one_line(tmp_path):
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no_such_module_xyz:Thing" in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout

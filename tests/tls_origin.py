@@ -7,6 +7,7 @@ port when possible) and answers HTTP/1.1 keep-alive GET/HEAD requests:
   `body_for`), e.g. `/1k`, `/10m`;
 * `/marker`: `MARKER`, a recognisable text that must never reach a client when the proxy
   refuses this origin;
+* `/fruit.html`: `FRUIT`, a gzip-encoded HTML page (for addons that rewrite bodies);
 * anything else: 404.
 
 It counts accepted TCP connections, completed TLS handshakes, requests and completely written
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import random
 import re
 import socket
@@ -31,6 +33,14 @@ from tests.support import LOOPBACK, ThreadedServer
 LOOPBACK6 = "::1"
 
 MARKER = b"tls-origin-marker: this body comes from the origin itself\n"
+FRUIT = b"<html><body><p>cherry pie, cherry jam</p></body></html>\n"
+# path -> (extra head lines, body as sent)
+_PAGES = {
+    "/fruit.html": (
+        [b"Content-Type: text/html; charset=utf-8", b"Content-Encoding: gzip"],
+        gzip.compress(FRUIT, mtime=0),
+    )
+}
 
 _SIZE_PATH = re.compile(r"^/(\d+)([km]?)$")
 _MAX_HEAD = 64 * 1024
@@ -185,16 +195,15 @@ class TLSOrigin(ThreadedServer):
         path = target.split("?", 1)[0]
         with self._lock:
             self._requests.append(path)
-        body = body_for(path)
+        extra, body = _PAGES.get(path) or (
+            [b"Content-Type: application/octet-stream"],
+            body_for(path),
+        )
         status = b"200 OK" if body is not None else b"404 Not Found"
         if body is None:
             body = b"not found\n"
         close = "close" in headers.get("connection", "").lower() or version == "HTTP/1.0"
-        out = [
-            b"HTTP/1.1 " + status,
-            b"Content-Type: application/octet-stream",
-            b"Content-Length: %d" % len(body),
-        ]
+        out = [b"HTTP/1.1 " + status, *extra, b"Content-Length: %d" % len(body)]
         if close:
             out.append(b"Connection: close")
         head_bytes = b"\r\n".join(out) + b"\r\n\r\n"

@@ -1,4 +1,4 @@
-"""The access log: one line per exchange, as a hook on `done`.
+"""The access log: one line per exchange, as a hook on `flow_end`.
 
 Text lines read like a web server's; in JSON mode every field is its own key, so log shippers
 need no parsing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..flow import Flow
+from ..http import HTTPFlow
 
 _log = Logger(namespace="interceptor.access")
 
@@ -20,26 +20,29 @@ class AccessLog:
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
 
-    def done(self, flow: Flow) -> None:
+    name = "accesslog"
+
+    def flow_end(self, flow: HTTPFlow) -> None:
         """Log one finished (or failed) exchange."""
         req = flow.request
-        duration = self.clock.seconds() - flow.started
+        duration = self.clock.seconds() - flow.timestamp_created
         if req is not None:
             method, url = req.method, req.url
         elif flow.raw is not None:
             method, url = (part.decode("latin-1") for part in flow.raw)
         else:
             method = url = "-"
-        error = flow.error
+        error = flow.error.msg if flow.error is not None else None
+        client = flow.client_conn.address_text
         # The line is rendered here once, as `text`: Twisted's format-string machinery would
         # otherwise cost more than the whole proxied exchange (see logs.StdoutObserver).
-        text = f"{flow.client} {method} {url} {flow.status} {flow.bytes_out} {duration:.4f}s"
+        text = f"{client} {method} {url} {flow.status} {flow.bytes_out} {duration:.4f}s"
         if error:
             text += f" ({error})"
         _log.info(
             "{text}",
             text=text,
-            client=flow.client,
+            client=client,
             method=method,
             url=url,
             status=flow.status,

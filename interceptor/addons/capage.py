@@ -1,14 +1,15 @@
 """The CA page: `http://interceptor.ca/` through the proxy serves the CA certificate to trust.
 
-An addon on the request hook: requests for the configured host are answered locally, so the page
-works in any browser already pointed at the proxy, before the user trusts anything.
+An addon on the requestheaders hook (it needs no body, so it makes none be buffered): requests for
+the configured host are answered locally, so the page works in any browser already pointed at
+the proxy, before the user trusts anything.
 """
 
 from __future__ import annotations
 
 import html
 
-from ..flow import Flow
+from ..http import HTTPFlow, Response
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>interceptor CA certificate</title></head>
@@ -44,14 +45,18 @@ class CAPage:
             b"/ca.der": (b"application/x-x509-ca-cert", cert_der),
         }
 
-    def request(self, flow: Flow) -> None:
+    name = "capage"
+
+    def requestheaders(self, flow: HTTPFlow) -> None:
         """Answer locally when the request is for the CA page host."""
         req = flow.request
         if req is None or req.host != self.host:
             return
-        path = req.path.split(b"?", 1)[0]
+        path = req._path.split(b"?", 1)[0]
         found = self._files.get(path)
         if found is None:
-            flow.local = (404, b"text/plain; charset=utf-8", b"not found: try /ca.pem\n")
+            flow.response = Response.make(
+                404, b"not found: try /ca.pem\n", {"Content-Type": "text/plain; charset=utf-8"}
+            )
         else:
-            flow.local = (200, found[0], found[1])
+            flow.response = Response.make(200, found[1], {"Content-Type": found[0]})

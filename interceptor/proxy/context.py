@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 
 from ..access import Access
 from ..addons.chain import HookChain
-from ..flow import Flow
 from ..hosts import IPAddress, parse_ip
+from ..http import HTTPFlow
 from ..process import Counters
 from .headers import via_value
 from .passthrough import LearnedPassthrough
@@ -133,11 +133,11 @@ class ProxyContext:
             value = via_value(version, self.via)
         return value
 
-    def record(self, flow: Flow) -> None:
+    def record(self, flow: HTTPFlow) -> None:
         """An exchange is over: count what the client got and tell the hooks (the access log)."""
         status = flow.status
         self.counters.responses[f"{status // 100}xx" if status else "none"] += 1
-        self.hooks.done(flow)
+        self.hooks.flow_end(flow)
 
     def when_closed(self, callback: Callable[[], None]) -> None:
         """Call `callback` once every client connection has ended (at once if none is open)."""

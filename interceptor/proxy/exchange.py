@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 
 from ..access import Refusal
-from ..flow import Flow, Request
 from ..hosts import format_authority
+from ..http import Error, Headers, HTTPFlow, Request
 from . import http1
 from .events import (
     CHUNKED,
     END,
+    LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
     Body,
@@ -30,15 +31,17 @@ from .events import (
     RequestHead,
 )
 from .headers import (
+    content_length,
     forwarded_request_headers,
     max_forwards,
     passed_through,
     proxy_authorization,
+    with_length,
     with_max_forwards,
 )
 from .leg import Leg, end
 from .lifecycle import Action, Ending, Phase, Side
-from .response import ResponseSide
+from .response import ResponseSide, _pieces
 from .states import PHASES, State, Step
 from .targets import parse_target, split_authority
 from .upstream import Key
@@ -50,12 +53,12 @@ if TYPE_CHECKING:
 class Exchange(ResponseSide):
     """One request/response on a client connection (or one refused request)."""
 
-    __slots__ = ("refusal", "admitted", "_key")
+    __slots__ = ("refusal", "admitted", "_key", "_late_request")
 
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
         self.ctx = ctx = session.ctx
-        self.flow = Flow(session.client.peer, ctx.clock.seconds())
+        self.flow = HTTPFlow(session.client_conn, ctx.clock.seconds())
         self.state = State.QUEUED
         self.upstream = None
         self.request_complete = False
@@ -64,6 +67,12 @@ class Exchange(ResponseSide):
         self.upstream_keep_alive = False
         self._request_bytes = b""
         self._key: Key = ("", "", 0)
+        self._held = None
+        self._buffer = None
+        self._buffered = 0
+        self._tap = None
+        self._late = ""
+        self._late_request = False
         self.refusal: ProtocolError | None = None
         self.admitted = False  # [access] let this request through
         if isinstance(head, ProtocolError):
@@ -80,7 +89,8 @@ class Exchange(ResponseSide):
     @property
     def phase(self) -> Phase:
         """The lifecycle phase of the connection pair while this exchange is the current one."""
-        if self.state is State.RESPONDING and self.in_framing is UNTIL_CLOSE:
+        state = self.state
+        if (state is State.RESPONDING or state is State.READING) and self.in_framing is UNTIL_CLOSE:
             return Phase.RESPONSE_UNTIL_CLOSE
         return PHASES[self.state]
 
@@ -113,31 +123,99 @@ class Exchange(ResponseSide):
         headers = forwarded_request_headers(head, authority, ctx.via_for(head.version))
         flow = self.flow
         method = head.method.decode("ascii")
-        flow.request = req = Request(method, scheme, host, port, path, headers, head.version)
-        ctx.hooks.request(flow)
-        if flow.local is not None:
-            self.answer(*flow.local)
+        flow.request = Request(
+            method, scheme, host, port, path, Headers.wrap(headers), head.version,
+            flow.timestamp_created,
+        )  # fmt: skip
+        self.run_hooks("requestheaders", self._request_headers_done)
+
+    def _request_headers_done(self) -> None:
+        flow = self.flow
+        req = flow.request
+        assert req is not None  # containment keeps the one the head made
+        hooks = self.ctx.hooks
+        if flow.killed:
+            self.kill()
+        elif flow.response is not None:
+            self._answer_with(flow.response)
+        elif not hooks.request_bodies:
+            self._dispatch()
+        elif req.stream is not False:
+            self._late_request = self.head.framing is not NO_BODY
+            self._dispatch()
+        elif self.head.framing is NO_BODY:
+            req._content = b""
+            req.timestamp_end = req.timestamp_start
+            self.run_hooks("request", self._request_done)
+        elif hooks.over_limit(content_length(self.head.headers)):
+            self._overflow_request()
+        else:
+            self._to(Step.BUFFER)
+            self._buffer = []
+            self.session.pump()  # body already read may be queued
+
+    def _overflow_request(self, data: bytes = b"") -> None:
+        """The request body is past [hooks] body_limit or buffer_budget."""
+        hooks = self.ctx.hooks
+        pieces = self._release_buffer()
+        if data:
+            pieces.append(data)
+        if hooks.reject:
+            self.answer_error(413, hooks.too_large("request"))
             return
-        if req.port in ctx.own.ports and self._to_ourselves(req.host, req.port):
+        # What was read goes back ahead of the rest: it is sent once the upstream is ready.
+        self.session.events.extendleft(reversed(pieces))
+        self._late_request = True
+        self._dispatch()
+
+    def _request_done(self) -> None:
+        flow = self.flow
+        req = flow.request
+        assert req is not None
+        if flow.killed:
+            self.kill()
+        elif flow.response is not None:
+            self._answer_with(flow.response)
+        else:
+            self._dispatch(req._content or b"")
+
+    def _dispatch(self, body: bytes | None = None) -> None:
+        """Send the request as the hooks left it (with its whole body, if it was buffered)."""
+        ctx = self.ctx
+        req = self.flow.request
+        assert req is not None
+        if req._port in ctx.own.ports and self._to_ourselves(req._host, req._port):
             return
+        method = req.method
+        fields = req.headers.fields
         if method == "OPTIONS" or method == "TRACE":
             # RFC 9110 7.6.2: at 0 we are the final recipient; else one hop fewer remains.
-            hops = max_forwards(req.headers)
+            hops = max_forwards(fields)
             if hops == 0:
                 if method == "TRACE":
-                    self.answer(200, b"message/http", http1.trace_echo(head))
+                    self.answer(200, b"message/http", http1.trace_echo(self.head))
                 else:
                     self.answer(200, http1.TEXT, b"", http1.ALLOW)
                 return
             if hops is not None:
-                req.headers = with_max_forwards(req.headers, hops - 1)
-        self._request_bytes = http1.request_head(req.method.encode("ascii"), req.path, req.headers)
-        self._key = (req.scheme, req.host, req.port)
+                fields = with_max_forwards(fields, hops - 1)
+        framing = self.head.framing
+        if body is not None:
+            if body or framing is not NO_BODY:
+                # The body we send is the one we have: its length frames it.
+                fields = with_length(fields, len(body))
+        elif callable(req.stream) and framing is not NO_BODY:
+            # A transform changes lengths: the request goes upstream in chunks.
+            fields = [*with_length(fields, None), (b"Transfer-Encoding", b"chunked")]
+            self.head.framing = CHUNKED
+        head_bytes = http1.request_head(method.encode("ascii"), req._path, fields)
+        self._request_bytes = head_bytes + body if body else head_bytes
+        self._key = (req._scheme, req._host, req._port)
         conn = ctx.pool.acquire(self._key, self)
         if conn is None:
             self._connect()
         else:
-            self.upstream = conn
+            self.upstream = self.flow._server_leg = conn
             self._send_head(conn)
 
     def _connect(self) -> None:
@@ -145,18 +223,44 @@ class Exchange(ResponseSide):
         # A connect that fails at once reports before this returns; then the answer is given.
         conn = self.ctx.pool.connect(self._key, self)
         if self.state is State.CONNECTING:
-            self.upstream = conn
+            self.upstream = self.flow._server_leg = conn
 
     def _connect_method(self) -> None:
         # Intercept (answer 200, at once or once the origin is reached), relay opaquely (200
         # once connected), or refuse.
-        head, ctx, session = self.head, self.ctx, self.session
+        head = self.head
         try:
             host, port = split_authority(head.target, 443)
         except (ValueError, UnicodeDecodeError):
             self.answer_error(400, "CONNECT target must be host:port")
             return
-        self.flow.request = Request("CONNECT", "https", host, port, b"", head.headers, head.version)
+        self.flow.request = Request(
+            "CONNECT",
+            "https",
+            host,
+            port,
+            b"",
+            Headers.wrap(head.headers),
+            head.version,
+            self.flow.timestamp_created,
+        )
+        self.run_hooks("http_connect", self._connect_decided)
+
+    def _connect_decided(self) -> None:
+        # After http_connect: a response set there answers the CONNECT (a refusal), or, if it
+        # is a 2xx, stands for the origin (200 at once, as a lazy connect).
+        ctx, session, flow = self.ctx, self.session, self.flow
+        req = flow.request
+        assert req is not None
+        host, port = req._host, req._port
+        resp = flow.response
+        if flow.killed:
+            self.kill()
+            return
+        if resp is not None and not 200 <= resp._status < 300:
+            self.keep_alive = False
+            self._answer_with(resp)
+            return
         if self._to_ourselves(host, port):
             return
         if session.intercepted is not None:
@@ -168,7 +272,7 @@ class Exchange(ResponseSide):
             self.keep_alive = False
             self._to(Step.DISPATCH)
             self.upstream = ctx.tunnel_connect(host, port, self)
-        elif ctx.eager:
+        elif ctx.eager and resp is None:
             self._open(host, port)
         else:
             self.connect_established(None)  # 200 at once; the requests inside connect
@@ -249,14 +353,39 @@ class Exchange(ResponseSide):
             data = event
             self.flow.bytes_in += len(data)
             self.ctx.counters.bytes_from_client += len(data)
+            if self.state is State.BUFFERING:
+                self._buffer_piece(data)
+                return
             conn = self.upstream
             if conn is not None and self.state is not State.ANSWERED:
+                req = self.flow.request
+                if req is not None and callable(req.stream):
+                    for piece in _pieces(req.stream(data)):
+                        if piece:
+                            conn.write(http1.body_piece(piece, CHUNKED))
+                    return
                 conn.write(http1.body_piece(data, self.head.framing))
         elif event is END:
             self.request_complete = True
+            req = self.flow.request
+            if req is not None:
+                req.timestamp_end = self.ctx.clock.seconds()
+            if self.state is State.BUFFERING:
+                req = self.flow.request
+                assert req is not None
+                req._content = b"".join(self._release_buffer())
+                self.run_hooks("request", self._request_done)
+                return
             conn = self.upstream
             if conn is not None and self.head.framing is CHUNKED:
+                if req is not None and callable(req.stream):
+                    for piece in _pieces(req.stream(b"")):
+                        if piece:
+                            conn.write(http1.body_piece(piece, CHUNKED))
                 conn.write(http1.LAST_CHUNK)
+            if self._late_request:
+                self._late_request = False
+                self.ctx.hooks.run("request", self.flow)
             if self.state is State.ANSWERED:
                 self._to(Step.COMPLETE)
                 self._complete()
@@ -266,13 +395,49 @@ class Exchange(ResponseSide):
                 self.request_complete = True  # nothing was sent back yet: say why
                 self.answer_error(event.status, event.reason)
 
+    def _buffer_piece(self, data: bytes) -> None:
+        if self.ctx.hooks.take(self._buffered, len(data)):
+            self._buffered += len(data)
+            assert self._buffer is not None
+            self._buffer.append(data)
+        else:
+            self._overflow_request(data)
+
     # -- answers of our own ----------------------------------------------------------------
 
     def answer_error(self, status: int, text: str, extra: ExtraHeaders = ()) -> None:
         """Answer with an error status and its one-line reason instead of an upstream's."""
-        self.flow.error = text
-        self.ctx.hooks.error(self.flow)
+        flow = self.flow
+        flow.error = Error(text, self.ctx.clock.seconds())
+        self.ctx.hooks.run("error", flow)  # told, not waited for: the answer is ours
         self.answer(status, http1.TEXT, http1.text_body(text), extra)
+
+    def _answer_with(self, resp: object) -> None:
+        """A hook set `flow.response`: the response hooks see it (as mitmproxy emulates
+        them), then the client gets it, without the origin."""
+        self.flow.response.timestamp_start = self.ctx.clock.seconds()  # type: ignore[union-attr]
+        self.run_hooks("responseheaders", self._answer_hooked)
+
+    def _answer_hooked(self) -> None:
+        flow = self.flow
+        if flow.killed:
+            self.kill()
+        elif flow.response is not None and self.ctx.hooks.response_bodies:
+            self.run_hooks("response", self._answer_made)
+        else:
+            self._answer_made()
+
+    def _answer_made(self) -> None:
+        flow = self.flow
+        resp = flow.response
+        if flow.killed or resp is None:
+            self.kill()
+            return
+        body = resp._content or b""
+        if self.head.method == b"HEAD":
+            body = b""
+        fields = with_length(resp.headers.fields, len(resp._content or b""))
+        self._respond_locally(resp._status, resp._reason, fields, body)
 
     def answer(
         self, status: int, content_type: bytes, body: bytes, extra: ExtraHeaders = ()
@@ -290,6 +455,24 @@ class Exchange(ResponseSide):
         self.session.client.write(
             http1.local_response(status, content_type, body, not self.keep_alive, extra)
         )
+        self._release_buffer()
+        self._complete()
+
+    def _respond_locally(self, status: int, reason: bytes, fields: list, body: bytes) -> None:
+        """Answer with a response a hook made (head as left, framed by its body)."""
+        if not self.request_complete and not self.session.drop_request_body():
+            self.keep_alive = False
+            self.session.stop_reading()
+        self.request_complete = True
+        data, _, self.keep_alive = http1.client_response_head(
+            status, reason, fields, LENGTH, self.http10, self.keep_alive
+        )
+        flow = self.flow
+        flow.status = status
+        flow.bytes_out = len(body)
+        self._to(Step.ANSWER)
+        self.session.client.write(data + body if body else data)
+        self._release_buffer()
         self._complete()
 
     # -- endings ---------------------------------------------------------------------------
@@ -318,14 +501,15 @@ class Exchange(ResponseSide):
             self._connect()
         elif action is Action.TRUNCATE_PEER:
             self.keep_alive = False
-            self.flow.error = detail or f"upstream {ending.value} mid-response"
+            self.flow.error = Error(detail or f"upstream {ending.value} mid-response")
 
     def cut(self, why: str) -> None:
         """The client connection ended with this exchange unfinished: record it as such."""
         if self.state is State.DONE or self.state is State.UPGRADED:
             return
         if self.flow.error is None and self.state is not State.ANSWERED:
-            self.flow.error = why
+            self.flow.error = Error(why)
         self._to(Step.CUT)
         self._detach()
+        self._release_buffer()
         self.ctx.record(self.flow)

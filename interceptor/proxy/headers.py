@@ -122,3 +122,28 @@ def proxy_authorization(headers: Headers) -> bytes | None:
         if len(name) == 19 and name.lower() == b"proxy-authorization":
             return value
     return None
+
+
+def content_length(headers: Headers) -> int | None:
+    """The Content-Length value, or None if absent or not a number."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            value = value.strip()
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def with_length(headers: Headers, length: int | None) -> Headers:
+    """`headers` framed by `length` (None: by nothing, for bodies whose end comes later): no
+    Content-Length or Transfer-Encoding but the one we set."""
+    out = [
+        (name, value)
+        for name, value in headers
+        if not (len(name) in (14, 17) and name.lower() in _FRAMING)
+    ]
+    if length is not None:
+        out.append((b"Content-Length", b"%d" % length))
+    return out
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})

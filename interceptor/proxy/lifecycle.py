@@ -52,6 +52,7 @@ class Ending(Enum):
     UNREACHABLE = "unreachable"  # the upstream connection could not be made
     DONE = "done"  # nothing more will pass: not persistent, pool full or expired, tunnel over
     SHUTDOWN = "shutdown"  # the service's drain deadline passed
+    KILLED = "killed"  # an addon killed the flow (flow.kill()): its client is cut
 
 
 class Phase(Enum):
@@ -101,6 +102,10 @@ _HTTP_PHASES = (P.REQUEST, P.RESPONSE, P.RESPONSE_UNTIL_CLOSE, P.ANSWERED)
 
 
 def _client(ending: Ending, phase: Phase) -> Action:
+    if ending is E.KILLED:
+        # mitmproxy's kill: the client's connection goes at once, and whatever it was paired
+        # with, mid-exchange or mid-tunnel.
+        return A.ABORT_SELF if phase is P.IDLE else A.ABORT_BOTH
     if phase is P.IDLE:
         if ending in (E.HALF_CLOSED, E.TIMED_OUT, E.DONE, E.PROTOCOL_ERROR):
             return A.CLOSE_SELF  # idle or slow-head timeout, not persistent, refused: FIN

@@ -8,17 +8,20 @@ only through the TRANSITIONS table (states.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from ..flow import Flow, Response
+from ..http import Headers, HTTPFlow, Response
 from . import http1
 from .context import ProxyContext
 from .events import (
     CHUNKED,
     END,
+    LENGTH,
     NO_BODY,
+    UNTIL_CLOSE,
     Body,
     Framing,
     Interim,
@@ -28,7 +31,8 @@ from .events import (
     ResponseHead,
     Upgraded,
 )
-from .headers import strip_hop_by_hop
+from .events import Headers as Fields
+from .headers import content_length, strip_hop_by_hop, with_length
 from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
 from .states import MOVES, State, Step
@@ -57,10 +61,15 @@ class ResponseSide:
         "in_framing",
         "out_framing",
         "upstream_keep_alive",
+        "_held",
+        "_buffer",
+        "_buffered",
+        "_tap",
+        "_late",
     )
     session: Session
     ctx: ProxyContext
-    flow: Flow
+    flow: HTTPFlow
     head: RequestHead
     state: State
     upstream: Leg | None
@@ -72,6 +81,16 @@ class ResponseSide:
     in_framing: Framing  # how the upstream frames its response
     out_framing: Framing  # how we frame it toward the client
     upstream_keep_alive: bool  # the upstream connection may be pooled afterwards
+    # While a hook runs: the upstream's events that arrived meanwhile (None: no hook runs).
+    _held: list[ResponseEvent] | None
+    # A body read whole for a request or response hook, and its size (budgeted).
+    _buffer: list[bytes] | None
+    _buffered: int
+    # What a response body piece goes through instead of straight to the client: the buffer,
+    # or a hook's `stream` callable.
+    _tap: Callable[[bytes], None] | None
+    # The `request` / `response` hook still owed to a message that streamed (content None).
+    _late: str
 
     def _to(self, step: Step) -> None:
         self.state = MOVES[self.state][step]
@@ -189,15 +208,21 @@ class ResponseSide:
 
     def upstream_events(self, conn: UpstreamConnection, events: list[ResponseEvent]) -> None:
         """Response events from our upstream connection, in order."""
+        if self._held is not None:  # a hook runs: these wait for it (reading was paused)
+            self._held += events
+            conn.pause_reading()
+            return
         client = self.session.client
         for i, event in enumerate(events):
             if type(event) is Body:
-                data = event
-                self.flow.bytes_out += len(data)
-                self.ctx.counters.bytes_to_client += len(data)
-                client.write(http1.body_piece(data, self.out_framing))
-                continue  # the common case: the connection stays ours
-            if type(event) is ResponseHead:
+                if self._tap is None:
+                    data = event
+                    self.flow.bytes_out += len(data)
+                    self.ctx.counters.bytes_to_client += len(data)
+                    client.write(http1.body_piece(data, self.out_framing))
+                    continue  # the common case: the connection stays ours
+                self._tap(event)
+            elif type(event) is ResponseHead:
                 self._response_head(event)
             elif event is END:
                 self._response_end()
@@ -213,32 +238,154 @@ class ResponseSide:
                 if i + 1 < len(events):
                     conn.unclaimed(events[i + 1 :])
                 return
+            if self._held is not None:  # a hook began: the rest waits for it
+                self._held += events[i + 1 :]
+                return
 
     def _response_head(self, head: ResponseHead) -> None:
         if self.state is not State.SENT:
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, "unexpected upstream response")
             return
-        flow = self.flow
+        ctx = self.ctx
         headers = strip_hop_by_hop(head.headers)
-        via = self.ctx.via_for(head.version)
+        via = ctx.via_for(head.version)
         if via is not None:
             headers.append((b"Via", via))
-        flow.response = resp = Response(head.status, head.reason, headers)
-        self.ctx.hooks.response(flow)
-        data, self.out_framing, self.keep_alive = http1.client_response_head(
-            resp.status, resp.reason, resp.headers, head.framing, self.http10, self.keep_alive
-        )
         self.in_framing = head.framing
         self.upstream_keep_alive = head.keep_alive
-        flow.status = resp.status
+        self.flow.response = Response(
+            head.status, head.reason, Headers.wrap(headers), head.version, ctx.clock.seconds()
+        )
+        self.run_hooks("responseheaders", self._response_headers_done)
+
+    def _response_headers_done(self) -> None:
+        flow = self.flow
+        resp = flow.response
+        assert resp is not None  # containment keeps the one the head made
+        hooks = self.ctx.hooks
+        if flow.killed:
+            self.kill()
+        elif not hooks.response_bodies:
+            self._respond(resp, self.in_framing)
+        elif resp.stream is not False:
+            self._late = "response"
+            self._respond(resp, self.in_framing)
+        elif self.in_framing is NO_BODY:
+            resp._content = b""
+            resp.timestamp_end = resp.timestamp_start
+            self.run_hooks("response", self._response_done)
+        elif hooks.over_limit(content_length(resp.headers.fields)):
+            self._overflow_response()
+        else:
+            self._to(Step.READ)
+            self._buffer = []
+            self._tap = self._read_piece
+
+    def _read_piece(self, data: bytes) -> None:
+        if self.ctx.hooks.take(self._buffered, len(data)):
+            self._buffered += len(data)
+            assert self._buffer is not None
+            self._buffer.append(data)
+        else:
+            self._overflow_response(data)
+
+    def _overflow_response(self, data: bytes = b"") -> None:
+        """The response body is past [hooks] body_limit or buffer_budget."""
+        hooks = self.ctx.hooks
+        pieces = self._release_buffer()
+        if data:
+            pieces.append(data)
+        if hooks.reject:
+            self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, hooks.too_large("response"))
+            return
+        resp = self.flow.response
+        assert resp is not None
+        self._late = "response"
+        self._respond(resp, self.in_framing)
+        for piece in pieces:
+            self._to_client(piece)
+
+    def _release_buffer(self) -> list[bytes]:
+        """Give the buffered body's bytes back to the budget; returns its pieces."""
+        pieces = self._buffer or []
+        if self._buffered:
+            self.ctx.hooks.give(self._buffered)
+        self._buffer = None
+        self._buffered = 0
+        self._tap = None
+        return pieces
+
+    def _response_read(self) -> None:
+        """The whole response body is here: the response hooks see it, then the client."""
+        resp = self.flow.response
+        assert resp is not None
+        resp._content = b"".join(self._release_buffer())
+        resp.timestamp_end = self.ctx.clock.seconds()
+        if self.request_complete:
+            self._let_go_of_upstream()  # its part is over; the hook may take its time
+        self.run_hooks("response", self._response_done)
+
+    def _response_done(self) -> None:
+        flow = self.flow
+        if flow.killed:
+            self.kill()
+            return
+        resp = flow.response
+        assert resp is not None
+        self._respond(resp, self.in_framing, resp._content or b"")
+        self._response_end()
+
+    def _respond(self, resp: Response, framing: Framing, body: bytes | None = None) -> None:
+        """Send the response head as the hooks left it (and its whole body, if buffered)."""
+        fields: Fields = resp.headers.fields
+        if body is not None and framing is not NO_BODY:
+            # The body we send is the one we have: its length frames it, whatever the hooks did.
+            fields = with_length(fields, len(body))
+            framing = LENGTH
+        elif body is not None:
+            body = b""  # HEAD, 204, 304: the length in the head describes a body never sent
+        elif callable(resp.stream) and framing is not NO_BODY:
+            # A transform changes lengths: chunks (HTTP/1.1) or the close (1.0) end it now.
+            fields = with_length(fields, None)
+            framing = UNTIL_CLOSE
+            self._tap = self._transform_piece
+        data, self.out_framing, self.keep_alive = http1.client_response_head(
+            resp._status, resp._reason, fields, framing, self.http10, self.keep_alive
+        )
+        self.flow.status = resp._status
         self._to(Step.RESPOND)
         self.session.client.write(data)
+        if body:
+            self._to_client(body)
+
+    def _to_client(self, data: bytes) -> None:
+        self.flow.bytes_out += len(data)
+        self.ctx.counters.bytes_to_client += len(data)
+        self.session.client.write(http1.body_piece(data, self.out_framing))
+
+    def _transform_piece(self, data: bytes) -> None:
+        resp = self.flow.response
+        stream = resp.stream if resp is not None else None
+        if not callable(stream):
+            self._to_client(data)
+            return
+        for piece in _pieces(stream(data)):
+            if piece:
+                self._to_client(piece)
 
     def _response_end(self) -> None:
+        if self.state is State.READING:
+            self._response_read()
+            return
         if self.state is not State.RESPONDING:
             return
+        if self._tap is not None:  # a `stream` transform has its last word
+            self._tap = None
+            self._transform_piece(b"")
         if self.out_framing is CHUNKED:
             self.session.client.write(http1.LAST_CHUNK)
+        if self._late:
+            self._late_hook()
         if self.request_complete:
             self._to(Step.COMPLETE)
             self._complete()
@@ -248,6 +395,51 @@ class ResponseSide:
         self.keep_alive = False
         self._to(Step.EARLY)
         self.session.end(Side.UPSTREAM, Ending.EARLY_RESPONSE)
+
+    def _late_hook(self) -> None:
+        # A message that streamed still gets its `request`/`response` hook, without its body
+        # (mitmproxy's meaning of streaming); what the hook changes can no longer be sent.
+        event, self._late = self._late, ""
+        if event == "response" and self.flow.response is not None:
+            self.flow.response.timestamp_end = self.ctx.clock.seconds()
+        self.ctx.hooks.run(event, self.flow)
+
+    # -- hooks that take their time --------------------------------------------------------
+
+    def run_hooks(self, event: str, then: Callable[[], None]) -> None:
+        """Run `event`'s hooks, then `then`: at once, or once they are done. Meanwhile both
+        legs stop reading (as for a slow peer), and what the upstream sends waits."""
+        pending = self.ctx.hooks.run(event, self.flow)
+        if pending is None:
+            then()
+            return
+        self._held = []
+        self.session.hook_wait(True)
+        conn = self.upstream
+        if isinstance(conn, UpstreamConnection):
+            conn.pause_reading()
+        pending.addCallback(self._hooks_done, then, self.state, conn)
+
+    def _hooks_done(
+        self, _: object, then: Callable[[], None], state: State, conn: Leg | None
+    ) -> None:
+        held, self._held = self._held or [], None
+        self.session.hook_wait(False)
+        if self.state is not state or self.session.closed:
+            return  # cut, or answered (the upstream failed) while the hook ran
+        if isinstance(conn, UpstreamConnection) and conn is self.upstream:
+            conn.resume_reading()
+        then()
+        if held and isinstance(conn, UpstreamConnection):
+            if conn is self.upstream:
+                self.upstream_events(conn, held)
+            else:
+                conn.unclaimed(held)
+
+    def kill(self) -> None:
+        """An addon killed the flow: its client is cut, mid-exchange (mitmproxy's kill)."""
+        self.keep_alive = False
+        self.session.end(Side.CLIENT, Ending.KILLED)
 
     def _upgraded(self, head: ResponseHead) -> None:
         conn = self.upstream
@@ -276,6 +468,11 @@ class ResponseSide:
 
     def _complete(self) -> None:
         """Both directions are through: pool or close the upstream, record, next exchange."""
+        self._let_go_of_upstream()
+        self.ctx.record(self.flow)
+        self.session.exchange_done(self)
+
+    def _let_go_of_upstream(self) -> None:
         conn, self.upstream = self.upstream, None
         if isinstance(conn, UpstreamConnection):
             conn.owner = None
@@ -286,5 +483,10 @@ class ResponseSide:
                 self.ctx.pool.release(conn)
             else:
                 end(Side.UPSTREAM, Ending.DONE, Phase.IDLE, conn)
-        self.ctx.record(self.flow)
-        self.session.exchange_done(self)
+
+
+def _pieces(result: bytes | Iterable[bytes] | Any) -> Iterable[bytes]:
+    """What a `stream` callable returned: bytes, or an iterable of them."""
+    if isinstance(result, bytes | bytearray | memoryview):
+        return (bytes(result),)
+    return (bytes(piece) for piece in result)

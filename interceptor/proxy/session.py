@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from ..flow import Flow
+from ..http import Client, Error, HTTPFlow
 from . import http1
 from .context import ProxyContext
 from .events import (
@@ -55,6 +55,7 @@ class Session:
     def __init__(self, ctx: ProxyContext, client: ClientConnection) -> None:
         self.ctx = ctx
         self.client = client
+        self.client_conn = Client(client, ctx.clock.seconds())  # what addons see of it
         self.reader = http1.RequestReader()
         self.events: deque[RequestEvent] = deque()
         self.exchanges: deque[Exchange] = deque()  # [0] is being answered, the rest wait
@@ -70,6 +71,7 @@ class Session:
         self._certificate: object | None = None
         self._paused_queue = False  # too many events queued: stop reading the client
         self._paused_upstream = False  # the upstream's send buffer is full: likewise
+        self._paused_hook = False  # a hook takes its time: likewise
         self._pumping = False
         self.closed = False
         ctx.sessions.add(self)
@@ -128,9 +130,9 @@ class Session:
     def timed_out(self) -> None:
         """The client connection's idle or slow-head timeout expired (nothing in flight)."""
         if self.head_pending:
-            flow = Flow(self.client.peer, self.ctx.clock.seconds())
+            flow = HTTPFlow(self.client_conn, self.ctx.clock.seconds())
             flow.status = 408
-            flow.error = "request head not received in time"
+            flow.error = Error("request head not received in time")
             self.ctx.record(flow)
             body = http1.text_body("request head timed out")
             self.client.write(http1.local_response(408, http1.TEXT, body, True))
@@ -218,8 +220,14 @@ class Session:
         self.reader.closed = True
         self.events.clear()
 
+    def hook_wait(self, waiting: bool) -> None:
+        """A hook of the current exchange takes its time: read nothing more meanwhile."""
+        if waiting != self._paused_hook:
+            self._paused_hook = waiting
+            self._update_client_reading()
+
     def _update_client_reading(self) -> None:
-        if self._paused_queue or self._paused_upstream:
+        if self._paused_queue or self._paused_upstream or self._paused_hook:
             self.client.pause_reading()
         else:
             self.client.resume_reading()

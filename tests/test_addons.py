@@ -1,0 +1,204 @@
+"""The addon API end to end: the issue's demo addon, bodies, containment, through real twistd.
+
+The demo addon (examples/demo.py) is loaded as a script, as a user would: it rewrites a gzip
+HTML page over plain HTTP and intercepted HTTPS, tags requests, counts a POST body, blocks a
+path and awaits a Deferred and then asyncio in one hook, while other clients go on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import certs
+from tests.support import (
+    OriginServer,
+    ProxyProcess,
+    ProxyStartError,
+    echo,
+    free_port,
+    respond,
+    run_curl,
+    wait_for,
+)
+from tests.test_operations import admin_env, admin_status, metric_value, scrape
+from tests.tls_origin import FRUIT, TLSOrigin
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "examples" / "demo.py"
+TIMEOUT = 20.0
+PAGE = b"<html><body><p>cherry pie, cherry jam</p></body></html>\n"
+
+
+@pytest.fixture(scope="module")
+def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TLSOrigin, Path]]:
+    """A TLS origin serving /fruit.html, and the root its certificate chains to."""
+    directory = tmp_path_factory.mktemp("pki")
+    root = certs.make_origin_root()
+    root_pem, _ = certs.write_pair(directory, "root", root)
+    with TLSOrigin(*certs.good_cert(root)) as origin:
+        yield origin, root_pem
+
+
+@pytest.fixture
+def demo(
+    proxy_factory: Callable[..., ProxyProcess], tls_origin: tuple[TLSOrigin, Path]
+) -> tuple[ProxyProcess, int]:
+    """A proxy with the demo addon as a script and its admin endpoint: (proxy, admin port)."""
+    admin_port = free_port()
+    proxy = proxy_factory(
+        env={
+            "INTERCEPTOR_HOOKS_SCRIPTS": str(DEMO),
+            "INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE": str(tls_origin[1]),
+            **admin_env(admin_port),
+        }
+    )
+    wait_for(lambda: admin_status(admin_port, "/healthz") == 200, timeout=10)
+    return proxy, admin_port
+
+
+def _curl(proxy: ProxyProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return run_curl("-x", proxy.url, *args, timeout=TIMEOUT)
+
+
+def test_the_demo_addon_loads_and_says_what_it_handles(demo: tuple[ProxyProcess, int]) -> None:
+    proxy, _ = demo
+    proxy.wait_for_log(r"addon demo loaded: request, response")
+    proxy.wait_for_log(r"reactor AsyncioSelectorReactor")
+
+
+def test_a_gzip_html_page_is_rewritten_over_plain_http(
+    demo: tuple[ProxyProcess, int], origin: OriginServer
+) -> None:
+    proxy, _ = demo
+    url = origin.route(
+        "/fruit.html",
+        respond(
+            gzip.compress(PAGE),
+            headers=[("Content-Type", "text/html; charset=utf-8"), ("Content-Encoding", "gzip")],
+        ),
+    )
+    result = _curl(proxy, "--compressed", "-i", url)
+    assert result.returncode == 0, result.stderr
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert body == PAGE.replace(b"cherry", b"banana")
+    assert b"X-Rewritten: 1" in head
+    assert b"Content-Encoding: gzip" in head  # re-encoded as it came
+    (req,) = origin.requests_for("/fruit.html")
+    assert req.header("X-Seen") == "yes"
+
+
+def test_a_gzip_html_page_is_rewritten_over_intercepted_https(
+    demo: tuple[ProxyProcess, int], tls_origin: tuple[TLSOrigin, Path]
+) -> None:
+    proxy, _ = demo
+    origin, _ = tls_origin
+    ca = proxy.workdir / "ca" / "ca.pem"
+    result = _curl(
+        proxy,
+        "--cacert",
+        str(ca),
+        "--compressed",
+        "-i",
+        f"https://localhost:{origin.port}/fruit.html",
+    )
+    assert result.returncode == 0, result.stderr
+    head, _, body = result.stdout.rpartition(b"\r\n\r\n")  # after the CONNECT's own head
+    assert body == FRUIT.replace(b"cherry", b"banana")
+    assert b"X-Rewritten: 1" in head
+
+
+def test_a_300_kb_post_arrives_whole_and_counted(
+    demo: tuple[ProxyProcess, int], origin: OriginServer
+) -> None:
+    proxy, _ = demo
+    url = origin.route("/upload", echo())
+    body = bytes(range(256)) * (300_000 // 256) + b"x" * (300_000 % 256)
+    result = run_curl("-x", proxy.url, "--data-binary", "@-", url, input=body, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    (req,) = origin.requests_for("/upload")
+    assert req.header("X-Body-Len") == "300000"
+    assert req.body == body
+    assert result.stdout == body
+
+
+def test_a_blocked_path_is_answered_by_the_addon(
+    demo: tuple[ProxyProcess, int], origin: OriginServer
+) -> None:
+    proxy, _ = demo
+    url = origin.route("/block/x", respond(b"never"))
+    result = _curl(proxy, "-i", url)
+    assert result.stdout.startswith(b"HTTP/1.1 403 Forbidden\r\n"), result.stdout
+    assert result.stdout.endswith(b"\r\n\r\nblocked\n")
+    assert origin.requests_for("/block/x") == []
+
+
+def test_a_slow_hook_delays_only_its_own_client(
+    demo: tuple[ProxyProcess, int], origin: OriginServer
+) -> None:
+    proxy, _ = demo
+    slow_url = origin.route("/slow", respond(b"slow"))
+    fast_url = origin.route("/fast", respond(b"fast"))
+    slow = subprocess.Popen(["curl", "-q", "-s", "-x", proxy.url, slow_url], stdout=subprocess.PIPE)
+    try:
+        # The origin has answered /slow: its response hook now awaits a Deferred, then asyncio.
+        wait_for(lambda: origin.requests_for("/slow") or None, TIMEOUT)
+        fast = _curl(proxy, fast_url)
+        assert fast.stdout == b"fast"
+        assert slow.poll() is None, "the slow hook should still be waiting"
+        out, _ = slow.communicate(timeout=TIMEOUT)
+        assert out == b"slow"
+    finally:
+        slow.kill()
+        slow.wait()
+
+
+INJECTING = """
+from interceptor import http
+
+
+def responseheaders(flow: http.HTTPFlow) -> None:
+    flow.response.headers["X-Note"] = "a\\r\\nInjected: 1"
+
+
+def response(flow: http.HTTPFlow) -> None:
+    flow.response.status_code = 410
+"""
+
+
+def test_a_header_injection_is_that_hooks_failure_and_the_client_gets_the_rest(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    script = tmp_path / "inject.py"
+    script.write_text(textwrap.dedent(INJECTING))
+    admin_port = free_port()
+    proxy = proxy_factory(env={"INTERCEPTOR_HOOKS_SCRIPTS": str(script), **admin_env(admin_port)})
+    url = origin.route("/page", respond(b"the page", headers=[("Content-Type", "text/plain")]))
+    result = _curl(proxy, "-i", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"HTTP/1.1 410 Gone\r\n"), result.stdout
+    assert b"Injected" not in result.stdout and b"X-Note" not in result.stdout
+    assert result.stdout.endswith(b"\r\n\r\nthe page")
+    proxy.wait_for_log(r"addon inject failed in responseheaders for http://.*/page: .*CR, LF")
+    text = scrape(admin_port)
+    labels = {"addon": "inject", "event": "responseheaders"}
+    assert metric_value(text, "interceptor_hook_failures_total", labels) == 1
+    (entry,) = proxy.wait_for_access(lambda e: e.url.endswith("/page"))
+    assert entry.status == 410
+
+
+def test_a_script_that_imports_mitmproxy_stops_start_up_with_one_line(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess]
+) -> None:
+    script = tmp_path / "old.py"
+    script.write_text("from mitmproxy import http\n\ndef request(flow):\n    pass\n")
+    with pytest.raises(ProxyStartError) as info:
+        proxy_factory(env={"INTERCEPTOR_HOOKS_SCRIPTS": str(script)})
+    text = str(info.value)
+    assert "hooks.scripts" in text and "change `mitmproxy` to `interceptor`" in text, text
+    assert "Traceback" not in text
