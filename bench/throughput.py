@@ -1,11 +1,13 @@
 """Throughput benchmark: keep-alive clients through the proxy versus straight to the origin.
 
-``--clients`` keep-alive connections each fetch a ``--size``-byte body, one request outstanding
-per connection, for ``--duration`` seconds per round. Rounds alternate direct (to the loopback
-origin) and proxy (the same origin through interceptor), ``--rounds`` times each, so that drift
-in the machine hits both. The summary gives requests/s, p50 and p99 latency, the proxy's CPU
-time per request (utime + stime from /proc/PID/stat over the round, divided by the requests
-completed) and the origin's accept count (a pooling proxy opens few upstream connections).
+``--clients`` keep-alive connections each fetch a ``--size``-byte body (octet-stream, or with
+``--body html`` an HTML page full of "cherry", gzip-encoded with ``--gzip``), one request
+outstanding per connection, for ``--duration`` seconds per round. Rounds alternate direct (to
+the loopback origin) and proxy (the same origin through interceptor), ``--rounds`` times each,
+so that drift in the machine hits both. The summary gives requests/s, p50 and p99 latency, the
+proxy's CPU time per request (utime + stime from /proc/PID/stat over the round, divided by the
+requests completed) and the origin's accept count (a pooling proxy opens few upstream
+connections).
 
 Three processes besides this driver, so that none bills its CPU to another or shares a GIL:
 the origin (``_common.py origin``), the proxy (twistd), and a load generator per round (this
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import math
 import os
@@ -54,8 +57,10 @@ import httptools
 from _common import (
     COMPARE,
     LOOPBACK,
+    ORIGIN_BODIES,
     REPO_ROOT,
     Metric,
+    OriginBody,
     Revision,
     access_log_config,
     add_proxy_bench_args,
@@ -72,6 +77,7 @@ from _common import (
     load_arg_checks,
     load_baseline,
     merged_array,
+    origin_body,
     origin_fields,
     origin_stats,
     pct_of_core,
@@ -113,7 +119,7 @@ class LoadSpec:
     host: str
     port: int
     request: str  # latin-1 text of the raw request bytes
-    size: int
+    size: int | None  # of each body as received (before decoding); None: not checked
     clients: int
     duration: float
     max_requests: int
@@ -240,7 +246,7 @@ class _Client(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status != 200:
             gen.errors[f"status_{status}"] += 1
-        elif self.body_len != gen.size:
+        elif gen.size is not None and self.body_len != gen.size:
             gen.errors["body_length"] += 1
         else:
             gen.completed += 1
@@ -344,12 +350,21 @@ def loadgen_worker_main(spec_json: str) -> None:
 
 
 @dataclass
+class Expected:
+    """What every answer of a mode must carry."""
+
+    content: bytes  # the body once its Content-Encoding is undone
+    wire_size: int | None  # bytes of body as received; None: may vary (re-encoded by an addon)
+
+
+@dataclass
 class Target:
-    """Where a mode's requests go and what they look like."""
+    """Where a mode's requests go, what they look like and what must come back."""
 
     host: str
     port: int
     request: bytes
+    expected: Expected
     pid: int | None = None  # the proxy's, to measure its CPU time; None: direct or unknown
 
 
@@ -397,7 +412,7 @@ def run_round(
         host=target.host,
         port=target.port,
         request=target.request.decode("latin-1"),
-        size=args.size,
+        size=target.expected.wire_size,
         clients=args.clients,
         duration=duration,
         max_requests=args.max_requests,
@@ -501,23 +516,61 @@ def goal_line(proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
     )
 
 
-def warm_up_check(target: Target, size: int, deadline: float, what: str) -> None:
-    """One request to ``target``; it must be a 200 with a ``size``-byte body.
+def decoded_body(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """``body`` with its Content-Encoding (none or gzip) undone; ValueError for anything else."""
+    codings = [v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"]
+    if not codings or codings == [b"identity"]:
+        return body
+    if codings == [b"gzip"]:
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"a gzip body that does not decompress ({e})") from None
+    raise ValueError(f"Content-Encoding {b', '.join(codings).decode('latin-1')!r}")
 
-    Connection failures are retried until ``deadline`` (the listener may be a moment ahead of
-    the rest of the program); a wrong answer fails at once.
+
+def warm_up_check(target: Target, deadline: float, what: str) -> None:
+    """One request to ``target``; it must be a 200 with the body ``target.expected`` describes.
+
+    The body is checked in full once decoded, and its size as received when that is fixed (the
+    load generator checks only that size, on every response). Connection failures are retried
+    until ``deadline`` (the listener may be a moment ahead of the rest of the program); a wrong
+    answer fails at once.
     """
     result = request_until_up(
         lambda: http_request(target.host, target.port, target.request, timeout=10),
         deadline,
         f"warm-up request to the {what}",
     )
-    if result.status != 200 or len(result.body) != size:
+    expected = target.expected
+    size = expected.wire_size
+    start = f"body starts {result.body[:200]!r}"
+    if result.status != 200 or (size is not None and len(result.body) != size):
+        want = f"{size} bytes" if size is not None else "a body"
         raise RuntimeError(
             f"warm-up request to the {what} answered status {result.status} with a "
-            f"{len(result.body)}-byte body (expected 200 and {size} bytes); "
-            f"body starts {result.body[:200]!r}"
+            f"{len(result.body)}-byte body (expected 200 and {want}); {start}"
         )
+    try:
+        content = decoded_body(result.headers, result.body)
+    except ValueError as e:
+        raise RuntimeError(f"warm-up request to the {what} answered {e}; {start}") from None
+    if content != expected.content:
+        at = len(os.path.commonprefix([content, expected.content]))
+        raise RuntimeError(
+            f"warm-up request to the {what} answered a body that is not the expected one: "
+            f"{len(content)} bytes decoded (expected {len(expected.content)}), first difference "
+            f"at byte {at}: {content[at : at + 60]!r} instead of "
+            f"{expected.content[at : at + 60]!r}"
+        )
+
+
+def describe_body(body: OriginBody) -> str:
+    """``1,024-byte application/octet-stream body`` (plus its gzipped size), for the origin line."""
+    text = f"{len(body.content):,}-byte {body.content_type.decode()} body"
+    if body.content_encoding is not None:
+        text += f", {body.content_encoding.decode()}-encoded to {len(body.wire):,} bytes"
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -532,7 +585,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=50, help="concurrent keep-alive clients")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode")
-    parser.add_argument("--size", type=int, default=1024, help="response body size in bytes")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="response body size in bytes (before --gzip)"
+    )
+    parser.add_argument(
+        "--body",
+        choices=ORIGIN_BODIES,
+        default=ORIGIN_BODIES[0],
+        help=(
+            "what the origin serves: octet-stream, or a UTF-8 text/html page that says "
+            '"cherry" over and over (for addons that rewrite HTML)'
+        ),
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="the origin serves the body gzip-encoded (compressed once, at start)",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -632,8 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     baseline = load_baseline(
-        args.baseline, {key: getattr(args, key) for key in ("clients", "size", "duration")}
+        args.baseline,
+        {key: getattr(args, key) for key in ("clients", "size", "body", "gzip", "duration")},
     )
+    body = origin_body(args.size, args.body, args.gzip)
     proxy: subprocess.Popen[bytes] | None = None
     compare_proxy: subprocess.Popen[bytes] | None = None
     compare_desc = ""
@@ -646,9 +717,9 @@ def main(argv: list[str] | None = None) -> int:
             if rev is not None:
                 tree = export_revision(rev, workdir / f"tree-{rev.short}")
                 print(f"compare: {rev.label} ({rev.sha}) exported to {tree}")
-            origin = start_origin(args.size)
+            origin = start_origin(args.size, body=args.body, gzipped=args.gzip)
             origin_port = origin[1]
-            print(f"origin: 127.0.0.1:{origin_port} (pid {origin[0].pid}), {args.size}-byte body")
+            print(f"origin: 127.0.0.1:{origin_port} (pid {origin[0].pid}), {describe_body(body)}")
 
             if args.proxy_url:
                 url = urllib.parse.urlsplit(args.proxy_url)
@@ -666,21 +737,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"proxy{' (tree)' if rev else ''}: {proxy_desc}")
             deadline = wait_for_proxy(proxy_host, proxy_port, args.startup_timeout, proxy)
 
+            # A client that is sent gzip has said it takes gzip, as a browser would; without
+            # it a proxy could rightly decode the body for it.
+            accept = "Accept-Encoding: gzip\r\n" if args.gzip else ""
+
             def proxy_request(port: int) -> bytes:
                 return (
-                    f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                    f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"{accept}\r\n"
                 ).encode()
 
+            as_served = Expected(body.content, len(body.wire))
             targets = {
                 "direct": Target(
                     LOOPBACK,
                     origin_port,
-                    f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode(),
+                    (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n{accept}\r\n").encode(),
+                    as_served,
                 ),
-                "proxy": Target(proxy_host, proxy_port, proxy_request(origin_port), proxy_pid),
+                "proxy": Target(
+                    proxy_host, proxy_port, proxy_request(origin_port), as_served, proxy_pid
+                ),
             }
-            warm_up_check(targets["direct"], args.size, time.monotonic() + 5, "origin")
-            warm_up_check(targets["proxy"], args.size, deadline, "proxy")
+            warm_up_check(targets["direct"], time.monotonic() + 5, "origin")
+            warm_up_check(targets["proxy"], deadline, "proxy")
             if rev is not None:
                 # Both proxies run for the whole run, started one after the other (no race on
                 # start-up): each then has the same history when measured (warm-up, pools,
@@ -705,9 +785,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"the {rev.label} proxy",
                 )
                 targets[COMPARE] = Target(
-                    LOOPBACK, compare_port, proxy_request(origin_port), compare_proxy.pid
+                    LOOPBACK,
+                    compare_port,
+                    proxy_request(origin_port),
+                    as_served,
+                    compare_proxy.pid,
                 )
-                warm_up_check(targets[COMPARE], args.size, compare_deadline, f"{rev.label} proxy")
+                warm_up_check(targets[COMPARE], compare_deadline, f"{rev.label} proxy")
 
             print(
                 f"load: {args.clients} keep-alive clients, {args.duration:g} s per round, "
@@ -794,6 +878,9 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "rounds": args.rounds,
             "size": args.size,
+            "body": args.body,
+            "gzip": args.gzip,
+            "wire_size": len(body.wire),
             "warmup": args.warmup,
             "max_requests": args.max_requests,
             "access_log": args.access_log,
