@@ -25,7 +25,11 @@ What is here:
 This file is also the loopback origin server that :func:`start_origin` runs in its own process
 (so its CPU is not counted as the proxy's and it never shares a GIL with the load generator)::
 
-    python bench/_common.py origin --size 1024 [--port 0] [--tls-cert C --tls-key K]
+    python bench/_common.py origin --size 1024 [--body html [--gzip]] [--port 0]
+        [--tls-cert C --tls-key K]
+
+What it serves is :func:`origin_body`: an octet-stream body by default, or an HTML page full of
+the word "cherry" (for addons that rewrite text), optionally gzip-encoded.
 
 Every address used here is a loopback one; :func:`require_loopback` refuses anything else.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gzip
 import importlib.util
 import ipaddress
 import json
@@ -619,19 +624,30 @@ def start_origin(
     size: int,
     *,
     host: str = LOOPBACK,
+    body: str = "octet",
+    gzipped: bool = False,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     timeout: float = 15.0,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the loopback origin (this file, ``origin`` mode) in its own process.
 
-    It answers every request with 200 and a ``size``-byte body on a kernel-chosen port, over
-    TLS if ``tls_cert`` and ``tls_key`` are given. Returns ``(process, port)`` once it
-    listens; query its counters with :func:`origin_stats`, stop it with :func:`stop_process`.
+    It answers every request with 200 and :func:`origin_body` ``(size, body, gzipped)`` (a
+    ``size``-byte body before any encoding) on a kernel-chosen port, over TLS if ``tls_cert``
+    and ``tls_key`` are given. Returns ``(process, port)`` once it listens; query its counters
+    with :func:`origin_stats`, stop it with :func:`stop_process`.
     """
     require_loopback(host)
+    if body not in ORIGIN_BODIES:
+        raise ValueError(f"unknown origin body {body!r} (known: {', '.join(ORIGIN_BODIES)})")
     args = [sys.executable, str(Path(__file__).resolve()), "origin", "--size", str(size)]
     args += ["--host", host]
+    # Only the non-default options, so the other benchmarks' origin command lines stay as they
+    # were.
+    if body != "octet":
+        args += ["--body", body]
+    if gzipped:
+        args.append("--gzip")
     if tls_cert is not None or tls_key is not None:
         if tls_cert is None or tls_key is None:
             raise ValueError("tls_cert and tls_key go together")
@@ -1439,6 +1455,56 @@ async def serve_until_stopped(server: asyncio.Server, max_lifetime: float) -> No
     server.close()
 
 
+#: The bodies the origin can serve (``--body``); the first is the default.
+ORIGIN_BODIES = ("octet", "html")
+
+_HTML_HEAD = b"<!DOCTYPE html>\n<html><head><title>cherry</title></head><body>\n"
+_HTML_LINE = b"<p>A cherry on a cherry tart, and cherry jam beside it.</p>\n"
+_HTML_TAIL = b"</body></html>\n"
+
+
+@dataclass(frozen=True)
+class OriginBody:
+    """What the origin answers with: ``content`` (the body), ``wire`` (as sent), headers."""
+
+    content: bytes
+    wire: bytes
+    content_type: bytes
+    content_encoding: bytes | None  # b"gzip", or None for the identity
+
+    def headers(self) -> bytes:
+        """The header lines that describe the body (CRLF after each), Content-Length last."""
+        lines = b"Content-Type: %s\r\n" % self.content_type
+        if self.content_encoding is not None:
+            lines += b"Content-Encoding: %s\r\n" % self.content_encoding
+        return lines + b"Content-Length: %d\r\n" % len(self.wire)
+
+
+def origin_body(size: int, kind: str = "octet", gzipped: bool = False) -> OriginBody:
+    """The origin's body: ``size`` bytes of ``kind`` (see :data:`ORIGIN_BODIES`), maybe gzipped.
+
+    ``octet`` is 0-9a-f repeated, served as application/octet-stream. ``html`` is a page that
+    says "cherry" over and over (in the title and on every line), served as UTF-8 text/html, so
+    an addon that rewrites HTML has work to do on every response. Deterministic (gzip with
+    mtime 0), so a benchmark can compute what its origin serves and check the answers.
+    """
+    if kind == "octet":
+        content = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+        content_type = b"application/octet-stream"
+    elif kind == "html":
+        fill = size - len(_HTML_HEAD) - len(_HTML_TAIL)
+        if fill >= 0:
+            content = _HTML_HEAD + (_HTML_LINE * (fill // len(_HTML_LINE) + 1))[:fill] + _HTML_TAIL
+        else:  # Too small for a whole page: still exactly size bytes, cherries first.
+            content = (_HTML_LINE * (size // len(_HTML_LINE) + 1))[:size]
+        content_type = b"text/html; charset=utf-8"
+    else:
+        raise ValueError(f"unknown origin body {kind!r} (known: {', '.join(ORIGIN_BODIES)})")
+    # Compressed once here, never per request: the origin's CPU is not what is measured.
+    wire = gzip.compress(content, compresslevel=6, mtime=0) if gzipped else content
+    return OriginBody(content, wire, content_type, b"gzip" if gzipped else None)
+
+
 class _OriginCounters:
     """Connection and request counts, served by the statistics request."""
 
@@ -1494,11 +1560,10 @@ class _OriginProtocol(asyncio.Protocol):
 
 async def _serve_origin(args: argparse.Namespace) -> None:
     """Run the origin until SIGTERM/SIGINT or until the parent process goes away."""
-    body = (b"0123456789abcdef" * (args.size // 16 + 1))[: args.size]
+    body = origin_body(args.size, args.body, args.gzip)
     response = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-        b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body)
-    ) + body
+        b"HTTP/1.1 200 OK\r\n" + body.headers() + b"Connection: keep-alive\r\n\r\n" + body.wire
+    )
     ssl_context = None
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -1521,7 +1586,13 @@ def _origin_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="_common.py origin", description="Fixed-response loopback HTTP/1.1 origin."
     )
-    parser.add_argument("--size", type=int, default=1024, help="body size in bytes")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="body size in bytes (before any encoding)"
+    )
+    parser.add_argument(
+        "--body", choices=ORIGIN_BODIES, default=ORIGIN_BODIES[0], help="what the body is"
+    )
+    parser.add_argument("--gzip", action="store_true", help="serve it gzip-encoded")
     parser.add_argument("--host", default=LOOPBACK, help="loopback address to listen on")
     parser.add_argument("--port", type=int, default=0, help="0: the kernel picks one")
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
@@ -1545,4 +1616,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "origin":
         _origin_main(sys.argv[2:])
     else:
-        sys.exit(f"usage: {sys.argv[0]} origin [--size N] [--port P] [--tls-cert C --tls-key K]")
+        sys.exit(
+            f"usage: {sys.argv[0]} origin [--size N] [--body octet|html] [--gzip] [--port P] "
+            "[--tls-cert C --tls-key K]"
+        )

@@ -1,11 +1,13 @@
 """Throughput benchmark: keep-alive clients through the proxy versus straight to the origin.
 
-``--clients`` keep-alive connections each fetch a ``--size``-byte body, one request outstanding
-per connection, for ``--duration`` seconds per round. Rounds alternate direct (to the loopback
-origin) and proxy (the same origin through interceptor), ``--rounds`` times each, so that drift
-in the machine hits both. The summary gives requests/s, p50 and p99 latency, the proxy's CPU
-time per request (utime + stime from /proc/PID/stat over the round, divided by the requests
-completed) and the origin's accept count (a pooling proxy opens few upstream connections).
+``--clients`` keep-alive connections each fetch a ``--size``-byte body (octet-stream, or with
+``--body html`` an HTML page full of "cherry", gzip-encoded with ``--gzip``), one request
+outstanding per connection, for ``--duration`` seconds per round. Rounds alternate direct (to
+the loopback origin) and proxy (the same origin through interceptor), ``--rounds`` times each,
+so that drift in the machine hits both. The summary gives requests/s, p50 and p99 latency, the
+proxy's CPU time per request (utime + stime from /proc/PID/stat over the round, divided by the
+requests completed) and the origin's accept count (a pooling proxy opens few upstream
+connections).
 
 Three processes besides this driver, so that none bills its CPU to another or shares a GIL:
 the origin (``_common.py origin``), the proxy (twistd), and a load generator per round (this
@@ -18,11 +20,24 @@ Run from the repository root::
     /work/venv/bin/python bench/throughput.py --proxy-url http://127.0.0.1:8080 --proxy-pid PID
     /work/venv/bin/python bench/throughput.py --baseline bench/results/old.json
     /work/venv/bin/python bench/throughput.py --compare main~3     # this tree versus main~3
+    /work/venv/bin/python bench/throughput.py --variants epoll,asyncio,epoll+demo --body html
 
 ``--compare REV`` exports revision REV's tree (``git archive``) to the run's temporary directory
 and starts a second proxy from it the same way (same twistd, config and environment, its own
 CA dir); each round then runs direct, this tree's proxy and REV's proxy, so both proxies are
 measured under the same conditions, and the table gains REV's column and tree/rev ratios.
+
+``--variants LIST`` measures configurations of this tree's proxy side by side in the same way:
+one proxy per variant, all started before the first round, each round running direct and then
+every variant. ``epoll`` is the proxy as started without it (twistd's default reactor, epoll on
+Linux); ``asyncio`` adds ``--reactor=asyncio`` before the plugin name; ``+demo`` sets
+``INTERCEPTOR_HOOKS_SCRIPTS=<root>/examples/demo.py``, an addon that rewrites "cherry" to
+"banana" in text/html bodies (so use ``--body html``, maybe ``--gzip``, to measure that). The
+table gets a column per variant and each one's proxy CPU per request over the first's; the
+results file keys the summary by variant name and adds a ``variants`` entry. A variant whose
+proxy does not start fails the run with one line: its name and the end of the proxy's output.
+It excludes ``--compare``, ``--proxy-url`` and ``--baseline``; ``--proxy-log FILE`` keeps each
+variant's output in ``FILE.<name>``.
 
 The started proxy inherits the environment, so its settings can be varied without editing
 the generated config, e.g. ``INTERCEPTOR_UPSTREAM_POOL_SIZE=64 python bench/throughput.py``.
@@ -34,9 +49,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -46,16 +63,19 @@ import time
 import urllib.parse
 from array import array
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
 from _common import (
     COMPARE,
     LOOPBACK,
+    ORIGIN_BODIES,
     REPO_ROOT,
     Metric,
+    OriginBody,
     Revision,
     access_log_config,
     add_proxy_bench_args,
@@ -66,18 +86,22 @@ from _common import (
     default_proxy_cmd,
     error_fields,
     export_revision,
+    fmt_number,
+    fmt_ratio,
     goal_verdict,
     http_request,
     latency_fields,
     load_arg_checks,
     load_baseline,
     merged_array,
+    origin_body,
     origin_fields,
     origin_stats,
     pct_of_core,
     per_request_us,
     percentiles,
     print_direct_proxy_table,
+    print_table,
     proc_cpu_seconds_or_none,
     raise_fd_limit,
     read_float_array,
@@ -91,6 +115,7 @@ from _common import (
     start_proxy_on_free_port,
     stop_proxy_and_origin,
     sum_or_none,
+    tail_text,
     wait_for_proxy,
     write_json,
 )
@@ -113,7 +138,7 @@ class LoadSpec:
     host: str
     port: int
     request: str  # latin-1 text of the raw request bytes
-    size: int
+    size: int | None  # of each body as received (before decoding); None: not checked
     clients: int
     duration: float
     max_requests: int
@@ -240,7 +265,7 @@ class _Client(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status != 200:
             gen.errors[f"status_{status}"] += 1
-        elif self.body_len != gen.size:
+        elif gen.size is not None and self.body_len != gen.size:
             gen.errors["body_length"] += 1
         else:
             gen.completed += 1
@@ -344,13 +369,157 @@ def loadgen_worker_main(spec_json: str) -> None:
 
 
 @dataclass
+class Expected:
+    """What every answer of a mode must carry."""
+
+    content: bytes  # the body once its Content-Encoding is undone
+    wire_size: int | None  # bytes of body as received; None: may vary (re-encoded by an addon)
+
+
+@dataclass
 class Target:
-    """Where a mode's requests go and what they look like."""
+    """Where a mode's requests go, what they look like and what must come back."""
 
     host: str
     port: int
     request: bytes
+    expected: Expected
     pid: int | None = None  # the proxy's, to measure its CPU time; None: direct or unknown
+
+
+#: The environment variable that makes the proxy load addon scripts (``[hooks] scripts``).
+HOOKS_SCRIPTS_ENV = "INTERCEPTOR_HOOKS_SCRIPTS"
+#: The addon the ``+demo`` variants load: it rewrites "cherry" to "banana" in text/html bodies.
+DEMO_SCRIPT = REPO_ROOT / "examples" / "demo.py"
+#: The word of the proxy command that names the twistd plugin; twistd's own options go before.
+PLUGIN_NAME = "interceptor"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A configuration of this tree's proxy that ``--variants`` measures beside the others."""
+
+    name: str
+    reactor: str | None  # twistd --reactor; None: twistd's default (epoll on Linux), as today
+    reactor_module: str  # the module twistd's "reactor class:" line must name
+    demo: bool  # load DEMO_SCRIPT through HOOKS_SCRIPTS_ENV
+
+    def command(self, cmd: Sequence[str]) -> list[str]:
+        """The proxy command ``cmd`` with this variant's ``--reactor`` before the plugin name.
+
+        ValueError (one line) if ``cmd`` has no plugin name or already picks a reactor.
+        """
+        words = list(cmd)
+        if self.reactor is None:
+            return words
+        if PLUGIN_NAME not in words:
+            raise ValueError(
+                f"variant {self.name}: the proxy command has no {PLUGIN_NAME!r} word to put "
+                f"--reactor={self.reactor} before"
+            )
+        at = words.index(PLUGIN_NAME)
+        if any(w in ("-r", "--reactor") or w.startswith("--reactor=") for w in words[:at]):
+            raise ValueError(f"variant {self.name}: the proxy command already picks a reactor")
+        return [*words[:at], f"--reactor={self.reactor}", *words[at:]]
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with the demo addon on for a ``+demo`` variant, and off for the others.
+
+        Off rather than inherited: ``epoll`` and ``epoll+demo`` side by side must differ by the
+        addon and nothing else, whatever the caller's environment holds.
+        """
+        child = dict(env)
+        if self.demo:
+            child[HOOKS_SCRIPTS_ENV] = str(DEMO_SCRIPT)
+        else:
+            child.pop(HOOKS_SCRIPTS_ENV, None)
+        return child
+
+    def expected(self, body: OriginBody) -> Expected:
+        """What this variant's proxy must answer when the origin serves ``body``."""
+        if not self.demo:
+            return Expected(body.content, len(body.wire))
+        content = body.content
+        if body.content_type.startswith(b"text/html"):
+            content = content.replace(b"cherry", b"banana")
+        # "banana" is as long as "cherry", so an unencoded body keeps its size; a gzipped one
+        # the proxy decodes, rewrites and encodes again, to whatever size its compressor makes
+        # (or sends decoded), so only the warm-up's decoded comparison can check it.
+        return Expected(content, len(body.wire) if body.content_encoding is None else None)
+
+
+#: ``--variants`` names, in the order of the help text.
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("epoll", None, "epollreactor", demo=False),
+        Variant("asyncio", "asyncio", "asyncioreactor", demo=False),
+        Variant("epoll+demo", None, "epollreactor", demo=True),
+        Variant("asyncio+demo", "asyncio", "asyncioreactor", demo=True),
+    )
+}
+
+
+def variants_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Variant] | None:
+    """``--variants`` as a list (None without it); exits 2 with one line if it cannot be run.
+
+    Checked while parsing, so that a bad list fails before any process is started.
+    """
+    if args.variants is None:
+        return None
+
+    def refuse(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    names = [name.strip() for name in args.variants.split(",")]
+    for name in names:
+        if name not in VARIANTS:
+            refuse(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+    if len(set(names)) != len(names):
+        refuse("--variants: a variant is named twice")
+    # --compare measures another tree's default proxy; the two together would make a table of
+    # every variant times every tree. Run one after the other instead.
+    for given, message in (
+        (args.compare, "--variants and --compare exclude each other: run them one after the other"),
+        (args.proxy_url, "--variants starts every proxy itself, so it excludes --proxy-url"),
+        (args.baseline, "--variants and --baseline exclude each other (a baseline has one proxy)"),
+    ):
+        if given:
+            refuse(message)
+    variants = [VARIANTS[name] for name in names]
+    cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
+    for variant in variants:
+        try:
+            variant.command(cmd)
+        except ValueError as e:
+            refuse(f"--variants: {e}")
+    return variants
+
+
+def variants_results(
+    summary: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    described: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The ``variants`` entry of a results file: each variant's proxy and ratios.
+
+    The variants' figures themselves are the summary's entries under their names.
+    """
+    first = names[0]
+    first_cpu = summary[first].get("cpu_us_per_request")
+    cpu_over_first = {}
+    for name in names:
+        cpu = summary[name].get("cpu_us_per_request")
+        cpu_over_first[name] = cpu / first_cpu if cpu is not None and first_cpu else None
+    return {
+        "names": list(names),
+        "first": first,
+        "proxies": {name: dict(described.get(name, {})) for name in names},
+        "cpu_per_request_over_first": cpu_over_first,
+        "ratios_over_direct": {
+            name: over_direct(summary[name], summary["direct"]) for name in names
+        },
+    }
 
 
 @dataclass
@@ -397,7 +566,7 @@ def run_round(
         host=target.host,
         port=target.port,
         request=target.request.decode("latin-1"),
-        size=args.size,
+        size=target.expected.wire_size,
         clients=args.clients,
         duration=duration,
         max_requests=args.max_requests,
@@ -487,11 +656,15 @@ _METRICS: list[Metric] = [
 COMPARE_KEYS = ("cpu_us_per_request", "rps")
 
 
-def goal_line(proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
-    """The goal line and whether the goal was met (None if not measured)."""
+def goal_line(proxy_summary: dict[str, Any], which: str = "") -> tuple[str, bool | None]:
+    """The goal line and whether the goal was met (None if not measured).
+
+    ``which`` names the proxy in the line (the first ``--variants`` one; "": the only one).
+    """
     cpu = proxy_summary.get("cpu_us_per_request")
     return goal_verdict(
-        f"goal: proxy CPU per request <= {GOAL_CPU_US_PER_REQUEST:.0f} µs",
+        f"goal: {which + ' ' if which else ''}proxy CPU per request "
+        f"<= {GOAL_CPU_US_PER_REQUEST:.0f} µs",
         cpu,
         GOAL_CPU_US_PER_REQUEST,
         f"{cpu:.1f} µs" if cpu is not None else "",
@@ -501,23 +674,61 @@ def goal_line(proxy_summary: dict[str, Any]) -> tuple[str, bool | None]:
     )
 
 
-def warm_up_check(target: Target, size: int, deadline: float, what: str) -> None:
-    """One request to ``target``; it must be a 200 with a ``size``-byte body.
+def decoded_body(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """``body`` with its Content-Encoding (none or gzip) undone; ValueError for anything else."""
+    codings = [v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"]
+    if not codings or codings == [b"identity"]:
+        return body
+    if codings == [b"gzip"]:
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"a gzip body that does not decompress ({e})") from None
+    raise ValueError(f"Content-Encoding {b', '.join(codings).decode('latin-1')!r}")
 
-    Connection failures are retried until ``deadline`` (the listener may be a moment ahead of
-    the rest of the program); a wrong answer fails at once.
+
+def warm_up_check(target: Target, deadline: float, what: str) -> None:
+    """One request to ``target``; it must be a 200 with the body ``target.expected`` describes.
+
+    The body is checked in full once decoded, and its size as received when that is fixed (the
+    load generator checks only that size, on every response). Connection failures are retried
+    until ``deadline`` (the listener may be a moment ahead of the rest of the program); a wrong
+    answer fails at once.
     """
     result = request_until_up(
         lambda: http_request(target.host, target.port, target.request, timeout=10),
         deadline,
         f"warm-up request to the {what}",
     )
-    if result.status != 200 or len(result.body) != size:
+    expected = target.expected
+    size = expected.wire_size
+    start = f"body starts {result.body[:200]!r}"
+    if result.status != 200 or (size is not None and len(result.body) != size):
+        want = f"{size} bytes" if size is not None else "a body"
         raise RuntimeError(
             f"warm-up request to the {what} answered status {result.status} with a "
-            f"{len(result.body)}-byte body (expected 200 and {size} bytes); "
-            f"body starts {result.body[:200]!r}"
+            f"{len(result.body)}-byte body (expected 200 and {want}); {start}"
         )
+    try:
+        content = decoded_body(result.headers, result.body)
+    except ValueError as e:
+        raise RuntimeError(f"warm-up request to the {what} answered {e}; {start}") from None
+    if content != expected.content:
+        at = len(os.path.commonprefix([content, expected.content]))
+        raise RuntimeError(
+            f"warm-up request to the {what} answered a body that is not the expected one: "
+            f"{len(content)} bytes decoded (expected {len(expected.content)}), first difference "
+            f"at byte {at}: {content[at : at + 60]!r} instead of "
+            f"{expected.content[at : at + 60]!r}"
+        )
+
+
+def describe_body(body: OriginBody) -> str:
+    """``1,024-byte application/octet-stream body`` (plus its gzipped size), for the origin line."""
+    text = f"{len(body.content):,}-byte {body.content_type.decode()} body"
+    if body.content_encoding is not None:
+        text += f", {body.content_encoding.decode()}-encoded to {len(body.wire):,} bytes"
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -532,7 +743,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=50, help="concurrent keep-alive clients")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode")
-    parser.add_argument("--size", type=int, default=1024, help="response body size in bytes")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="response body size in bytes (before --gzip)"
+    )
+    parser.add_argument(
+        "--body",
+        choices=ORIGIN_BODIES,
+        default=ORIGIN_BODIES[0],
+        help=(
+            "what the origin serves: octet-stream, or a UTF-8 text/html page that says "
+            '"cherry" over and over (for addons that rewrite HTML)'
+        ),
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="the origin serves the body gzip-encoded (compressed once, at start)",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -559,6 +786,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--proxy-pid", type=int, help="with --proxy-url: its pid, to measure its CPU time"
     )
+    parser.add_argument(
+        "--variants",
+        metavar="LIST",
+        help=(
+            "measure these configurations of this tree's proxy side by side, each round "
+            f"running direct and then each of them (comma-separated: {', '.join(VARIANTS)}; "
+            f"+demo loads examples/demo.py through {HOOKS_SCRIPTS_ENV}); the first one's CPU "
+            "per request is the one the others are divided by and the goal is checked on"
+        ),
+    )
     add_proxy_bench_args(
         parser,
         default_json=DEFAULT_JSON,
@@ -584,6 +821,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ],
     )
     args.compare_rev = compare_arg(parser, args)
+    args.variant_list = variants_arg(parser, args)
     if args.proxy_url:
         url = urllib.parse.urlsplit(args.proxy_url)
         if url.scheme != "http" or not url.hostname or not url.port:
@@ -598,11 +836,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_tree_proxy(
-    args: argparse.Namespace, workdir: Path, log_path: Path, root: Path = REPO_ROOT
+    args: argparse.Namespace,
+    workdir: Path,
+    log_path: Path,
+    root: Path = REPO_ROOT,
+    variant: Variant | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     """Start the proxy of source tree ``root``, its config and CA in ``workdir``.
 
-    Returns ``(process, port, description)``; every proxy of a run is started this way.
+    With ``variant``, in that configuration (its twistd reactor, its environment). Returns
+    ``(process, port, description)``; every proxy of a run is started this way.
     """
     cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
     # Its own CA dir and no admin listener: a run must not depend on ~/.interceptor or on port
@@ -610,7 +853,9 @@ def start_tree_proxy(
     env = dict(os.environ)
     env.setdefault("INTERCEPTOR_TLS_CA_DIR", str(workdir / "ca"))
     env.setdefault("INTERCEPTOR_ADMIN_LISTEN", "")
-    return start_proxy_on_free_port(
+    if variant is not None:
+        cmd, env = variant.command(cmd), variant.env(env)
+    process, port, desc = start_proxy_on_free_port(
         cmd,
         access_log_config(args.access_log),
         workdir=workdir,
@@ -618,6 +863,124 @@ def start_tree_proxy(
         env=env,
         root=root,
     )
+    if variant is not None and variant.demo:
+        desc += f" with {HOOKS_SCRIPTS_ENV}={env[HOOKS_SCRIPTS_ENV]}"
+    return process, port, desc
+
+
+class VariantStartError(Exception):
+    """A ``--variants`` proxy did not come up; the message is the whole story, on one line."""
+
+
+def output_tail_line(log_path: Path, max_lines: int = 3, max_chars: int = 600) -> str:
+    """The last lines of a proxy's output joined into one line (" | " between them)."""
+    lines = [line.strip() for line in tail_text(log_path, max_lines * 4).splitlines()]
+    text = " | ".join([line for line in lines if line][-max_lines:]) or "(no output)"
+    return text if len(text) <= max_chars else "..." + text[-max_chars:]
+
+
+def reported_reactor(log_path: Path) -> str | None:
+    """The reactor class twistd says it runs ("reactor class: ..." near the top of its log)."""
+    try:
+        with open(log_path, "rb") as f:
+            head = f.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = re.search(r"reactor class: ([\w.]+?)\.?\s", head)
+    return found.group(1) if found else None
+
+
+def start_variants(
+    args: argparse.Namespace,
+    variants: Sequence[Variant],
+    workdir: Path,
+    body: OriginBody,
+    request: bytes,
+    started: list[subprocess.Popen[bytes]],
+    logs: list[Path],
+) -> tuple[dict[str, Target], dict[str, dict[str, Any]]]:
+    """Start and check each variant's proxy in turn; return their targets and descriptions.
+
+    Each process is appended to ``started`` and its log to ``logs`` as soon as it exists, so
+    the caller stops and reports whatever was started even when a later one fails. A proxy
+    that does not come up raises :class:`VariantStartError`.
+    """
+    targets: dict[str, Target] = {}
+    described: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        # All of them run for the whole run, started one after the other (no race on start-up),
+        # as --compare's two do: the idle ones wait in their reactors, costing nothing.
+        vdir = workdir / f"variant-{variant.name}"
+        vdir.mkdir()
+        log_path = (
+            Path(f"{args.proxy_log}.{variant.name}") if args.proxy_log else vdir / "proxy.log"
+        )
+        logs.append(log_path)
+        process, port, desc = start_tree_proxy(args, vdir, log_path, variant=variant)
+        started.append(process)
+        print(f"proxy {variant.name}: {desc}")
+        try:
+            deadline = wait_for_proxy(
+                LOOPBACK, port, args.startup_timeout, process, f"the {variant.name} proxy"
+            )
+        except RuntimeError:
+            status = process.poll()
+            if status is not None:
+                # Reaped and accounted for here: the caller's "exited with status" note on
+                # stopping it would be a second line about the same failure.
+                started.remove(process)
+            how = (
+                f"exited with status {status}"
+                if status is not None
+                else f"did not accept connections within {args.startup_timeout:g} s"
+            )
+            raise VariantStartError(
+                f"variant {variant.name}: the proxy {how} at start-up; its output ends: "
+                + output_tail_line(log_path)
+            ) from None
+        targets[variant.name] = Target(LOOPBACK, port, request, variant.expected(body), process.pid)
+        warm_up_check(targets[variant.name], deadline, f"{variant.name} proxy")
+        # twistd has logged its reactor by now (before it listened): a variant must measure the
+        # reactor it is named after, whatever --proxy-cmd or twistd's default say.
+        reactor = reported_reactor(log_path)
+        if reactor is not None and variant.reactor_module not in reactor.split("."):
+            raise RuntimeError(
+                f"variant {variant.name}: twistd runs {reactor}, not the "
+                f"{variant.reactor_module} the variant is named after"
+            )
+        described[variant.name] = {
+            "proxy": desc,
+            "reactor": reactor,
+            "hooks_scripts": str(DEMO_SCRIPT) if variant.demo else None,
+        }
+    return targets, described
+
+
+def print_variants_table(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> None:
+    """The ``--variants`` table: direct and a column per variant, with CPU over the first's."""
+    first = names[0]
+    rows: list[list[str | None]] = []
+    for label, key, digits, _, proxy_only in _METRICS:
+        direct = None if proxy_only else fmt_number(summary["direct"].get(key), digits)
+        rows.append([label, direct, *(fmt_number(summary[n].get(key), digits) for n in names)])
+        if key == "cpu_us_per_request":
+            rows.append(
+                [
+                    f"proxy CPU per request / {first}'s",
+                    None,
+                    *(fmt_ratio(summary[n].get(key), summary[first].get(key)) for n in names),
+                ]
+            )
+    print()
+    print_table(rows, ["metric", "direct", *names])
+
+
+def over_direct(proxy: Mapping[str, Any], direct: Mapping[str, Any]) -> dict[str, float | None]:
+    """A proxy's requests/s, p50 and p99 over direct's (None where direct's is 0)."""
+    return {
+        name: proxy[key] / direct[key] if direct[key] else None
+        for name, key in (("rps", "rps"), ("p50", "p50_ms"), ("p99", "p99_ms"))
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,16 +990,26 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_worker_main(args.loadgen_worker)
         return 0
     rev: Revision | None = args.compare_rev
-    modes = (*MODES, COMPARE) if rev is not None else MODES
+    variants: list[Variant] | None = args.variant_list
+    if variants is not None:
+        modes: tuple[str, ...] = ("direct", *(v.name for v in variants))
+    else:
+        modes = (*MODES, COMPARE) if rev is not None else MODES
+    # The mode that the goal and the proxy/direct ratios are about.
+    main_mode = modes[1]
     # SIGTERM stops the run like Ctrl-C does: children stopped, the exported tree removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     baseline = load_baseline(
-        args.baseline, {key: getattr(args, key) for key in ("clients", "size", "duration")}
+        args.baseline,
+        {key: getattr(args, key) for key in ("clients", "size", "body", "gzip", "duration")},
     )
+    body = origin_body(args.size, args.body, args.gzip)
     proxy: subprocess.Popen[bytes] | None = None
     compare_proxy: subprocess.Popen[bytes] | None = None
+    variant_proxies: list[subprocess.Popen[bytes]] = []
     compare_desc = ""
+    described: dict[str, dict[str, Any]] = {}
     origin: tuple[subprocess.Popen[bytes], int] | None = None
     log_path: Path | None = None
     compare_logs: list[Path] = []
@@ -646,41 +1019,54 @@ def main(argv: list[str] | None = None) -> int:
             if rev is not None:
                 tree = export_revision(rev, workdir / f"tree-{rev.short}")
                 print(f"compare: {rev.label} ({rev.sha}) exported to {tree}")
-            origin = start_origin(args.size)
+            origin = start_origin(args.size, body=args.body, gzipped=args.gzip)
             origin_port = origin[1]
-            print(f"origin: 127.0.0.1:{origin_port} (pid {origin[0].pid}), {args.size}-byte body")
+            print(f"origin: 127.0.0.1:{origin_port} (pid {origin[0].pid}), {describe_body(body)}")
 
-            if args.proxy_url:
-                url = urllib.parse.urlsplit(args.proxy_url)
-                assert url.hostname is not None and url.port is not None
-                proxy_host, proxy_port = url.hostname, url.port
-                proxy_pid = args.proxy_pid
-                proxy_desc = f"already running at {args.proxy_url}" + (
-                    f" (pid {proxy_pid})" if proxy_pid else " (no pid: CPU not measured)"
-                )
-            else:
-                proxy_host = LOOPBACK
-                log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-                proxy, proxy_port, proxy_desc = start_tree_proxy(args, workdir, log_path)
-                proxy_pid = proxy.pid
-            print(f"proxy{' (tree)' if rev else ''}: {proxy_desc}")
-            deadline = wait_for_proxy(proxy_host, proxy_port, args.startup_timeout, proxy)
-
-            def proxy_request(port: int) -> bytes:
-                return (
-                    f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-                ).encode()
-
+            # A client that is sent gzip has said it takes gzip, as a browser would; without
+            # it a proxy could rightly decode the body for it.
+            accept = "Accept-Encoding: gzip\r\n" if args.gzip else ""
+            proxy_request = (
+                f"GET http://127.0.0.1:{origin_port}/x HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{origin_port}\r\n{accept}\r\n"
+            ).encode()
+            as_served = Expected(body.content, len(body.wire))
             targets = {
                 "direct": Target(
                     LOOPBACK,
                     origin_port,
-                    f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode(),
+                    (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n{accept}\r\n").encode(),
+                    as_served,
                 ),
-                "proxy": Target(proxy_host, proxy_port, proxy_request(origin_port), proxy_pid),
             }
-            warm_up_check(targets["direct"], args.size, time.monotonic() + 5, "origin")
-            warm_up_check(targets["proxy"], args.size, deadline, "proxy")
+            warm_up_check(targets["direct"], time.monotonic() + 5, "origin")
+
+            if variants is not None:
+                variant_targets, described = start_variants(
+                    args, variants, workdir, body, proxy_request, variant_proxies, compare_logs
+                )
+                targets.update(variant_targets)
+                proxy_desc = "variants " + ", ".join(v.name for v in variants)
+            else:
+                if args.proxy_url:
+                    url = urllib.parse.urlsplit(args.proxy_url)
+                    assert url.hostname is not None and url.port is not None
+                    proxy_host, proxy_port = url.hostname, url.port
+                    proxy_pid = args.proxy_pid
+                    proxy_desc = f"already running at {args.proxy_url}" + (
+                        f" (pid {proxy_pid})" if proxy_pid else " (no pid: CPU not measured)"
+                    )
+                else:
+                    proxy_host = LOOPBACK
+                    log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
+                    proxy, proxy_port, proxy_desc = start_tree_proxy(args, workdir, log_path)
+                    proxy_pid = proxy.pid
+                print(f"proxy{' (tree)' if rev else ''}: {proxy_desc}")
+                deadline = wait_for_proxy(proxy_host, proxy_port, args.startup_timeout, proxy)
+                targets["proxy"] = Target(
+                    proxy_host, proxy_port, proxy_request, as_served, proxy_pid
+                )
+                warm_up_check(targets["proxy"], deadline, "proxy")
             if rev is not None:
                 # Both proxies run for the whole run, started one after the other (no race on
                 # start-up): each then has the same history when measured (warm-up, pools,
@@ -705,19 +1091,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"the {rev.label} proxy",
                 )
                 targets[COMPARE] = Target(
-                    LOOPBACK, compare_port, proxy_request(origin_port), compare_proxy.pid
+                    LOOPBACK, compare_port, proxy_request, as_served, compare_proxy.pid
                 )
-                warm_up_check(targets[COMPARE], args.size, compare_deadline, f"{rev.label} proxy")
+                warm_up_check(targets[COMPARE], compare_deadline, f"{rev.label} proxy")
 
             print(
                 f"load: {args.clients} keep-alive clients, {args.duration:g} s per round, "
                 f"{args.rounds} round(s) of each mode, on {os.cpu_count()} CPUs"
             )
+            width = max(7, *(len(mode) for mode in modes))
             if args.warmup > 0:
                 for mode in modes:
                     w = run_round(mode, 0, targets[mode], args, workdir, origin, args.warmup)
                     print(
-                        f"warm-up {mode:>7}: {w.rps:9,.0f} req/s, origin accepts "
+                        f"warm-up {mode:>{width}}: {w.rps:9,.0f} req/s, origin accepts "
                         f"{w.origin_accepts}, errors {sum(w.errors.values())}"
                     )
 
@@ -735,18 +1122,22 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     errors = sum(r.errors.values())
                     print(
-                        f"round {round_no}/{args.rounds} {mode:>7}: {r.rps:9,.0f} req/s, "
+                        f"round {round_no}/{args.rounds} {mode:>{width}}: {r.rps:9,.0f} req/s, "
                         f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms{cpu}, "
                         f"origin accepts {r.origin_accepts}, errors {errors}"
                         + (f" {r.errors}" if errors else "")
                         + (f", reconnects {r.reconnects}" if r.reconnects else "")
                     )
-                    for process in (proxy, compare_proxy):
+                    for process in (proxy, compare_proxy, *variant_proxies):
                         if process is not None and process.poll() is not None:
                             raise RuntimeError(
                                 f"the proxy (pid {process.pid}) exited with status "
                                 f"{process.returncode}"
                             )
+        except VariantStartError as e:
+            # One line: the proxy's own words say why (e.g. a setting this tree does not have).
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except (RuntimeError, OSError, ValueError) as e:
             report_error(e, log_path, bool(args.proxy_log), compare_logs)
             return 2
@@ -754,39 +1145,31 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; stopping the proxies and the origin", file=sys.stderr)
             return 130
         finally:
-            stop_proxy_and_origin(proxy, origin, compare_proxy)
+            stop_proxy_and_origin(proxy, origin, compare_proxy, *variant_proxies)
 
     summary = {mode: summarize([r for r in rounds if r.mode == mode]) for mode in modes}
-    print_direct_proxy_table(
-        summary,
-        _METRICS,
-        baseline["summary"] if baseline else None,
-        args.baseline,
-        rate_key="rps",
-        rate_label="requests/s",
-        compare=rev,
-        compare_keys=COMPARE_KEYS,
-    )
-    text, met = goal_line(summary["proxy"])
+    if variants is not None:
+        print_variants_table(summary, modes[1:])
+    else:
+        print_direct_proxy_table(
+            summary,
+            _METRICS,
+            baseline["summary"] if baseline else None,
+            args.baseline,
+            rate_key="rps",
+            rate_label="requests/s",
+            compare=rev,
+            compare_keys=COMPARE_KEYS,
+        )
+    text, met = goal_line(summary[main_mode], main_mode if variants is not None else "")
     print(text)
     for mode in modes[1:]:
         if summary[mode]["error_count"]:
-            which = "proxy" if mode == "proxy" or rev is None else f"{rev.label} proxy"
+            which = "proxy" if mode == "proxy" else f"{rev.label if rev else mode} proxy"
             print(
                 f"warning: {summary[mode]['error_count']} {which} errors: {summary[mode]['errors']}"
             )
 
-    ratios = {
-        "rps": summary["proxy"]["rps"] / summary["direct"]["rps"]
-        if summary["direct"]["rps"]
-        else None,
-        "p50": summary["proxy"]["p50_ms"] / summary["direct"]["p50_ms"]
-        if summary["direct"]["p50_ms"]
-        else None,
-        "p99": summary["proxy"]["p99_ms"] / summary["direct"]["p99_ms"]
-        if summary["direct"]["p99_ms"]
-        else None,
-    }
     results = {
         **results_header("throughput"),
         "params": {
@@ -794,23 +1177,38 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "rounds": args.rounds,
             "size": args.size,
+            "body": args.body,
+            "gzip": args.gzip,
+            "wire_size": len(body.wire),
             "warmup": args.warmup,
             "max_requests": args.max_requests,
             "access_log": args.access_log,
             "proxy": proxy_desc,
             "compare": args.compare,
+            "variants": [v.name for v in variants] if variants is not None else None,
         },
         "rounds": [r.to_json() for r in rounds],
+        # With --variants, keyed by variant name beside "direct" (there is no "proxy").
         "summary": summary,
-        "ratios_proxy_over_direct": ratios,
+        **(
+            {"ratios_proxy_over_direct": over_direct(summary["proxy"], summary["direct"])}
+            if variants is None
+            else {}
+        ),
         **(
             {"compare": compare_results(rev, compare_desc, compare_ratios(summary, COMPARE_KEYS))}
             if rev is not None
             else {}
         ),
+        **(
+            {"variants": variants_results(summary, modes[1:], described)}
+            if variants is not None
+            else {}
+        ),
         "goal": {
             "cpu_us_per_request_max": GOAL_CPU_US_PER_REQUEST,
-            "measured": summary["proxy"]["cpu_us_per_request"],
+            "mode": main_mode,
+            "measured": summary[main_mode]["cpu_us_per_request"],
             "met": met,
         },
     }
