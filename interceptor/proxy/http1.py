@@ -114,6 +114,7 @@ class RequestReader(_Reader):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self.closed = False  # no more requests will be read (close, error, tunnel)
+        self._persistent = True  # the last complete request left the connection open
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -161,6 +162,9 @@ class RequestReader(_Reader):
         self.events.append(body)
 
     def on_message_complete(self) -> None:
+        # Asked now: once the message is complete llhttp forgets what its head said, and an
+        # HTTP/1.0 request with Connection: keep-alive would read as the connection's last.
+        self._persistent = self._parser.should_keep_alive()
         self.events.append(END)
 
     def feed(self, data: bytes) -> None:
@@ -179,7 +183,7 @@ class RequestReader(_Reader):
         except httptools.HttpParserError as e:
             self._fail(self._error or _parser_error(e))
         else:
-            if self.events and self.events[-1] is END and not self._parser.should_keep_alive():
+            if self.events and self.events[-1] is END and not self._persistent:
                 self.closed = True  # llhttp refuses data after a non-persistent message anyway
 
     def _fail(self, error: ProtocolError) -> None:
@@ -357,6 +361,7 @@ def switching_protocols(head: ResponseHead) -> bytes:
 
 
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
