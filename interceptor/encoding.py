@@ -53,16 +53,18 @@ def _unzstd(data: bytes) -> bytes:
     return out
 
 
+# Re-encoding a body a hook changed is on the request's path, so speed wins over size: level 1
+# is nginx's default gzip_comp_level, and about four times faster than 6 for ~10% more bytes.
 def _gzip(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=6, mtime=0)
+    return gzip.compress(data, compresslevel=1, mtime=0)
 
 
 def _deflate(data: bytes) -> bytes:
-    return zlib.compress(data)
+    return zlib.compress(data, 1)
 
 
 def _brotli(data: bytes) -> bytes:
-    out: bytes = brotli.compress(data, quality=5)
+    out: bytes = brotli.compress(data, quality=1)
     return out
 
 

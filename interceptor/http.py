@@ -256,6 +256,15 @@ def _charset(content_type: str, content: bytes) -> str:
     return "latin-1"
 
 
+def _utf8_content_type(content_type: str | None) -> str:
+    """`content_type` with its charset parameter set to utf-8 (text/plain if there is none)."""
+    kind, *params = (content_type or "").split(";")
+    if "/" not in kind:
+        kind, params = "text/plain", []
+    kept = [p.strip() for p in params if p.partition("=")[0].strip().lower() not in ("", "charset")]
+    return "; ".join([kind.strip(), *kept, "charset=utf-8"])
+
+
 class Message:
     """What requests and responses share: version, headers, body, stream, timestamps."""
 
@@ -374,6 +383,9 @@ class Message:
             data = text.encode(charset)
         except (LookupError, ValueError):
             data = text.encode("utf-8", "surrogateescape")
+            # As mitmproxy does: say so in Content-Type. Left naming (or implying) the charset
+            # that could not hold the text, the client, and `.text` here, would misread it.
+            self.headers["content-type"] = _utf8_content_type(self.headers.get("content-type"))
         self.set_content(data)
 
     @property

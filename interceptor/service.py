@@ -179,7 +179,7 @@ class ProxyService(Service):
 
     def _start_addons(self, hooks: HookChain) -> None:
         """Add the user's addons to the chain, say what each handles, hear their logging."""
-        scripts = {}
+        scripts: dict[str, str] = {}
         for addon in self.addons:
             hooks.add(addon)
             events = ", ".join(hooks.events_of(addon)) or "nothing"
@@ -187,7 +187,8 @@ class ProxyService(Service):
             # A script's `logging` records are known by their file: name them after it.
             module = addon if inspect.ismodule(addon) else sys.modules.get(type(addon).__module__)
             if module is not None and module.__name__.startswith("__interceptor_script_"):
-                scripts[str(module.__file__)] = addon_name(module)
+                # Named as its (first) addon is everywhere else: start-up, failures, metrics.
+                scripts.setdefault(str(module.__file__), addon_name(addon))
         if self.addons:
             reactor_name = type(self.reactor).__name__
             _log.info(

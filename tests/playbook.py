@@ -75,6 +75,8 @@ from interceptor.proxy.targets import split_authority
 from interceptor.proxy.upstream import Pool
 
 __all__ = [
+    "head",
+    "refusal",
     "Rig",
     "Playbook",
     "PlaybookError",
@@ -126,7 +128,8 @@ class Rig:
     """The proxy under test: one ProxyContext and Pool on a MemoryReactorClock, no sockets.
 
     `ctx_args` go to ProxyContext (idle_timeout, header_timeout, intercept, ...). The pool keeps
-    `pool_size` idle connections per origin for 30 s and connects with a 10 s timeout.
+    `pool_size` idle connections per origin for 30 s and connects with a 10 s timeout. `hooks`:
+    a HookChain of test addons (one without a clock gets the rig's, for its hook timeout).
     """
 
     def __init__(
@@ -134,9 +137,12 @@ class Rig:
         read_timeout: float = 60.0,
         pool_size: int = 8,
         tls_creator: Callable[[str], Any] | None = None,
+        hooks: HookChain | None = None,
         **ctx_args: Any,
     ) -> None:
         self.reactor = MemoryReactorClock()
+        if hooks is not None and hooks.clock is None:
+            hooks.clock = self.reactor
         self.counters = Counters()
         self.pool = Pool(
             reactor=self.reactor,
@@ -154,7 +160,7 @@ class Rig:
             clock=self.reactor,
             counters=self.counters,
             pool=self.pool,
-            hooks=HookChain(),
+            hooks=hooks if hooks is not None else HookChain(),
             **ctx_args,
         )
 
@@ -869,3 +875,21 @@ def connect_cancelled(n: int = 0) -> Expect:
 def pooled(count: int) -> Expect:
     """The pool's idle count changes to `count` (`Pool.idle_count()`)."""
     return Expect(Effect(("pool",), "pooled", None, count))
+
+
+def head(*lines: bytes) -> bytes:
+    """A message head: the start line and header lines, each CRLF-ended, then the blank line."""
+    return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+def refusal(status: bytes, text: bytes, close: bool = False) -> bytes:
+    """A response the proxy makes itself: `status` such as b"502 Bad Gateway", a text body."""
+    body = text + b"\n"
+    lines = [
+        b"HTTP/1.1 " + status,
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Length: %d" % len(body),
+    ]
+    if close:
+        lines.append(b"Connection: close")
+    return head(*lines) + body

@@ -156,6 +156,8 @@ def test_a_slow_hook_delays_only_its_own_client(
     finally:
         slow.kill()
         slow.wait()
+    # Both awaits completed inside the hook (a failure would have been logged and counted).
+    assert "addon demo failed" not in proxy.log_text(), proxy.log_tail()
 
 
 INJECTING = """
@@ -202,3 +204,156 @@ def test_a_script_that_imports_mitmproxy_stops_start_up_with_one_line(
     text = str(info.value)
     assert "hooks.scripts" in text and "change `mitmproxy` to `interceptor`" in text, text
     assert "Traceback" not in text
+
+
+LIFECYCLE = """
+import logging
+import time
+from pathlib import Path
+
+from interceptor import http
+from interceptor.script import concurrent
+
+MARKS = Path({marks!r})
+
+
+def load(loader):
+    MARKS.joinpath("load").write_text("1")
+
+
+def running():
+    MARKS.joinpath("running").write_text("1")
+
+
+def done():
+    MARKS.joinpath("done").write_text("1")
+
+
+def http_connect(flow: http.HTTPFlow) -> None:
+    if flow.request.host == "refused.test":
+        flow.response = http.Response.make(403, b"no tunnels to refused.test\\n")
+
+
+@concurrent
+def request(flow: http.HTTPFlow) -> None:
+    if flow.request.path == "/threaded":
+        time.sleep(0.5)  # in a thread: the reactor serves others meanwhile
+        logging.info("threaded request done")
+    if flow.request.path == "/kill":
+        flow.kill()
+    # Left as str pairs on purpose: the proxy encodes them after the hook.
+    flow.request.headers.fields.append(("X-Str", "given as str"))
+"""
+
+
+@pytest.fixture
+def lifecycle(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess]
+) -> tuple[ProxyProcess, Path]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "lifecycle.py"
+    script.write_text(LIFECYCLE.format(marks=str(marks)))
+    proxy = proxy_factory(env={"INTERCEPTOR_HOOKS_SCRIPTS": str(script)})
+    return proxy, marks
+
+
+def test_load_running_and_done_run_once_each(lifecycle: tuple[ProxyProcess, Path]) -> None:
+    proxy, marks = lifecycle
+    wait_for(lambda: (marks / "running").exists() or None, TIMEOUT)
+    assert (marks / "load").exists() and not (marks / "done").exists()
+    proxy.popen.terminate()
+    assert proxy.popen.wait(timeout=TIMEOUT) == 0
+    assert (marks / "done").exists()
+
+
+def test_a_connect_refused_by_http_connect_gets_that_response(
+    lifecycle: tuple[ProxyProcess, Path],
+) -> None:
+    proxy, _ = lifecycle
+    result = _curl(proxy, "-v", "https://refused.test/")
+    assert result.returncode == 56, result.stderr  # CONNECT tunnel failed
+    assert b"CONNECT tunnel failed, response 403" in result.stderr
+
+
+def test_a_concurrent_hook_runs_in_a_thread_and_str_headers_are_encoded(
+    lifecycle: tuple[ProxyProcess, Path], origin: OriginServer
+) -> None:
+    proxy, _ = lifecycle
+    slow_url = origin.route("/threaded", respond(b"threaded"))
+    fast_url = origin.route("/other", respond(b"other"))
+    slow = subprocess.Popen(["curl", "-q", "-s", "-x", proxy.url, slow_url], stdout=subprocess.PIPE)
+    try:
+        wait_for(lambda: "threaded" in proxy.log_text() or slow.poll() is not None or None, 2)
+        fast = _curl(proxy, fast_url)
+        assert fast.stdout == b"other"
+        out, _ = slow.communicate(timeout=TIMEOUT)
+        assert out == b"threaded"
+    finally:
+        slow.kill()
+        slow.wait()
+    (req,) = origin.requests_for("/other")
+    assert req.header("X-Str") == "given as str"
+    proxy.wait_for_log(r"addon lifecycle: threaded request done")
+
+
+def test_a_killed_flow_gets_nothing_and_is_logged_as_nothing(
+    lifecycle: tuple[ProxyProcess, Path], origin: OriginServer
+) -> None:
+    proxy, _ = lifecycle
+    url = origin.route("/kill", respond(b"never"))
+    result = _curl(proxy, url)
+    assert result.returncode == 56, result  # reset: the connection was cut (mitmproxy's kill)
+    (entry,) = proxy.wait_for_access(lambda e: e.url.endswith("/kill"))
+    assert entry.status == 0 and "killed" in (entry.error or "").lower(), entry
+    assert origin.requests_for("/kill") == []
+
+
+def test_an_addon_declaring_an_option_stops_start_up_with_one_line(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess]
+) -> None:
+    script = tmp_path / "opts.py"
+    script.write_text(
+        "def load(loader):\n"
+        "    loader.add_option('greeting', str, 'hi', 'what to say')\n\n"
+        "def request(flow):\n"
+        "    pass\n"
+    )
+    with pytest.raises(ProxyStartError) as info:
+        proxy_factory(env={"INTERCEPTOR_HOOKS_SCRIPTS": str(script)})
+    text = str(info.value)
+    assert "hooks.scripts: addon opts declares option 'greeting'" in text, text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("overflow", ["stream", "reject"])
+def test_a_body_past_body_limit_streams_or_is_refused(
+    overflow: str, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    proxy = proxy_factory(
+        env={
+            "INTERCEPTOR_HOOKS_SCRIPTS": str(DEMO),
+            "INTERCEPTOR_HOOKS_BODY_LIMIT": "64 KiB",
+            "INTERCEPTOR_HOOKS_BODY_OVERFLOW": overflow,
+        }
+    )
+    body = bytes(range(256)) * 4096  # 1 MiB
+    url = origin.route("/big", respond(body, headers=[("Content-Type", "application/zip")]))
+    result = _curl(proxy, "-i", url)
+    assert result.returncode == 0, result.stderr
+    head, _, got = result.stdout.partition(b"\r\n\r\n")
+    if overflow == "stream":
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert got == body
+    else:
+        assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert got == b"response body larger than [hooks] body_limit (64 KiB)\n"
+    upload = run_curl("-x", proxy.url, "--data-binary", "@-", origin.route("/up", echo()),
+                      input=body, timeout=TIMEOUT)  # fmt: skip
+    if overflow == "stream":
+        assert upload.stdout == body
+        (req,) = origin.requests_for("/up")
+        assert req.body == body
+    else:
+        assert upload.stdout == b"request body larger than [hooks] body_limit (64 KiB)\n"
+        assert origin.requests_for("/up") == []

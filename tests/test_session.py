@@ -31,7 +31,9 @@ from tests.playbook import (
     connect_fails,
     connected,
     connects,
+    head,
     pooled,
+    refusal,
     split_authority,
     upstream_aborted,
     upstream_closed,
@@ -49,24 +51,6 @@ from tests.playbook import (
 def _playbooks_asserted() -> Iterator[None]:
     with all_asserted():
         yield
-
-
-def head(*lines: bytes) -> bytes:
-    """A message head: the start line and header lines, each CRLF-ended, then the blank line."""
-    return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
-
-
-def refusal(status: bytes, text: bytes, close: bool = False) -> bytes:
-    """A response the proxy makes itself: `status` such as b"502 Bad Gateway", a text body."""
-    body = text + b"\n"
-    lines = [
-        b"HTTP/1.1 " + status,
-        b"Content-Type: text/plain; charset=utf-8",
-        b"Content-Length: %d" % len(body),
-    ]
-    if close:
-        lines.append(b"Connection: close")
-    return head(*lines) + body
 
 
 HOST = "127.0.0.1"
@@ -400,6 +384,8 @@ def test_via_is_added_to_requests_and_responses_and_ours_coming_back_is_508():
             )
         )
     )
+
+
 CONNECT_TARGET = head(b"CONNECT 127.0.0.1:9000 HTTP/1.1", ORIGIN)
 
 
@@ -409,9 +395,7 @@ def test_eager_connect_to_an_unreachable_origin_is_answered_502_on_the_connect()
         >> client_sends(CONNECT_TARGET)
         << connects(HOST, PORT)
         >> connect_fails(error.ConnectionRefusedError())
-        << client_receives(
-            refusal(b"502 Bad Gateway", b"upstream refused the connection", True)
-        )
+        << client_receives(refusal(b"502 Bad Gateway", b"upstream refused the connection", True))
         << client_closed()
     )
 
@@ -448,11 +432,7 @@ def test_an_eager_origin_that_speaks_first_is_let_go_and_the_client_still_served
 
 
 def test_client_leaving_before_its_first_bytes_takes_the_eager_origin_with_it():
-    assert (
-        opened()
-        >> client_closes()
-        << upstream_aborted()
-    )
+    assert opened() >> client_closes() << upstream_aborted()
 
 
 def test_connect_whose_name_leads_back_to_the_proxy_is_refused_once_connected():

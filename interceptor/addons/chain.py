@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -189,11 +190,22 @@ class HookChain:
                 self._failed(name, event, flow, before, Failure())
                 continue
             if result is not None and (isinstance(result, Deferred) or inspect.isawaitable(result)):
-                if done is None:
-                    done = Deferred()
                 waiting = self._await(result)
-                waiting.addBoth(self._resumed, name, handlers, i, event, flow, before, done)
-                return done
+                if waiting.called:
+                    # A coroutine that never had to wait (Twisted ran it at once): as a plain
+                    # hook, with no timer, no pause and no Deferred for the exchange.
+                    outcome: list[object] = []
+                    waiting.addBoth(outcome.append)
+                    if isinstance(outcome[0], Failure):
+                        self._failed(name, event, flow, before, outcome[0])
+                        continue
+                else:
+                    if self.clock is not None:
+                        waiting.addTimeout(self.timeout, self.clock)
+                    if done is None:
+                        done = Deferred()
+                    waiting.addBoth(self._resumed, name, handlers, i, event, flow, before, done)
+                    return done
             if not self._settled(name, event, flow, before):
                 continue
             if flow.intercepted:
@@ -245,13 +257,14 @@ class HookChain:
                 d = Deferred.fromFuture(loop.create_task(_bridge(result, loop)))
         else:
             d = ensureDeferred(result)
-        if self.clock is not None:
-            d.addTimeout(self.timeout, self.clock)
         return d
 
     def _settled(self, name: str, event: str, flow: HTTPFlow, before: _Snapshot) -> bool:
         """Check what the hook left; on a violation, restore and count it (False)."""
-        problem = before.check(flow)
+        try:
+            problem = before.check(flow)
+        except Exception as e:  # what a hook left may not even have the attributes we read
+            problem = f"{type(e).__name__}: {e}"
         if problem is None:
             return True
         self._failed(name, event, flow, before, None, problem)
@@ -267,9 +280,12 @@ class HookChain:
         problem: str = "",
     ) -> None:
         before.restore(flow)
-        self.counters.hook_failures[(name, event)] += 1
         if failure is not None:
             problem = _describe(failure, self.timeout)
+        self._report(name, event, flow, problem)
+
+    def _report(self, name: str, event: str, flow: HTTPFlow, problem: str) -> None:
+        self.counters.hook_failures[(name, event)] += 1
         req = flow.request
         url = req.url if req is not None else "-"
         _log.error(
@@ -279,6 +295,23 @@ class HookChain:
             event=event,
             url=url,
         )
+
+    def transform(
+        self, fn: Callable[[bytes], Any], data: bytes, event: str, flow: HTTPFlow
+    ) -> list[bytes] | None:
+        """A body piece through a hook's `stream` callable: its pieces, or None if it failed
+        (counted and logged against the addon it came from, event "requestbody"/"responsebody";
+        the exchange is then cut, since what was sent of the body cannot be taken back)."""
+        try:
+            result = fn(data)
+            if isinstance(result, bytes | bytearray | memoryview):
+                return [bytes(result)]
+            return [bytes(piece) for piece in result]
+        except Exception:
+            module = sys.modules.get(getattr(fn, "__module__", "") or "")
+            owner = addon_name(module) if module is not None else "stream"
+            self._report(owner, event, flow, _describe(Failure(), self.timeout))
+            return None
 
     # -- the end of a flow, and the addon lifecycle ----------------------------------------
 
@@ -306,6 +339,8 @@ class HookChain:
                 continue
             if result is not None and inspect.isawaitable(result):
                 d = self._await(result)
+                if self.clock is not None:
+                    d.addTimeout(self.timeout, self.clock)
                 d.addErrback(self._lifecycle_failed, name, event)
                 pending.append(d)
         return pending
@@ -352,13 +387,33 @@ async def _bridge(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         value = error = None
         try:
             if isinstance(yielded, Deferred):
-                value = await yielded.asFuture(loop)
+                await _fired(yielded, loop)  # the hook's own await then reads its result
             elif yielded is None:
                 await asyncio.sleep(0)  # a bare yield: let the loop run once
             else:
-                value = await yielded  # an asyncio future, awaited on the hook's behalf
+                # An asyncio future the hook awaits: awaited here on its behalf, once its own
+                # await's mark is cleared (asyncio refuses a future marked as already waited).
+                yielded._asyncio_future_blocking = False
+                value = await yielded
         except BaseException as e:  # CancelledError (the timeout) included: the hook sees it
             error = e
+
+
+async def _fired(d: Deferred[Any], loop: asyncio.AbstractEventLoop) -> None:
+    """Wait until `d` has a result, leaving the result in `d` (asFuture would take it)."""
+    waiter = loop.create_future()
+
+    def fired(result: object) -> object:
+        if not waiter.done():
+            waiter.set_result(None)
+        return result
+
+    d.addBoth(fired)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        d.cancel()
+        raise
 
 
 def _describe(failure: Failure, timeout: float) -> str:
@@ -396,8 +451,10 @@ _RESPONSE_STATE = ("_status", "_reason", "_reason_set", "headers", "_content", "
 def _note(message: object, names: tuple[str, ...]) -> tuple[Any, ...] | None:
     if message is None:
         return None
-    fields = list(message.headers.fields)  # type: ignore[attr-defined]
-    return (*(getattr(message, name) for name in names), fields)
+    fields = getattr(getattr(message, "headers", None), "fields", None)
+    if isinstance(fields, list):
+        fields = list(fields)
+    return (*(getattr(message, name, None) for name in names), fields)
 
 
 def _put_back(message: object, names: tuple[str, ...], state: tuple[Any, ...] | None) -> None:
@@ -405,38 +462,52 @@ def _put_back(message: object, names: tuple[str, ...], state: tuple[Any, ...] | 
         return
     for name, value in zip(names, state, strict=False):
         setattr(message, name, value)
-    message.headers.fields = list(state[-1])  # type: ignore[attr-defined]
+    if isinstance(state[-1], list):
+        message.headers.fields = list(state[-1])  # type: ignore[attr-defined]
 
 
 class _Snapshot:
-    """The heads of a flow as they were before one hook, to check and restore after it."""
+    """The heads of a flow as they were before one hook, to check and restore after it.
 
-    __slots__ = ("response", "req", "resp")
+    Only what a hook changed is checked: what the parser produced is valid already, and most
+    hooks change one header, if anything."""
+
+    __slots__ = ("request", "response", "req", "resp")
 
     def __init__(self, event: str, flow: HTTPFlow) -> None:
+        self.request = flow.request
         self.response = flow.response
         self.req = _note(flow.request, _REQUEST_STATE)
         self.resp = _note(flow.response, _RESPONSE_STATE)
 
     def restore(self, flow: HTTPFlow) -> None:
         """Put the heads back as they were."""
-        _put_back(flow.request, _REQUEST_STATE, self.req)
+        flow.request = self.request
+        _put_back(self.request, _REQUEST_STATE, self.req)
         flow.response = self.response
         _put_back(self.response, _RESPONSE_STATE, self.resp)
 
     def check(self, flow: HTTPFlow) -> str | None:
         """What is wrong with the flow's heads now (None: nothing); encodes `str` in place."""
         req = flow.request
-        if req is not None:
+        if req is not self.request:
+            if not isinstance(req, Request):
+                return f"flow.request must be a Request, not {type(req).__name__}"
             problem = _check_request(req)
-            if problem:
-                return problem
+        elif req is not None and _note(req, _REQUEST_STATE) != self.req:
+            problem = _check_request(req)
+        else:
+            problem = None
+        if problem:
+            return problem
         resp = flow.response
-        if resp is None and self.response is not None:
-            return "flow.response was removed"
-        if resp is not None:
+        if resp is None:
+            return "flow.response was removed" if self.response is not None else None
+        if resp is not self.response:
             if not isinstance(resp, Response):
                 return f"flow.response must be a Response, not {type(resp).__name__}"
+            return _check_response(resp)
+        if _note(resp, _RESPONSE_STATE) != self.resp:
             return _check_response(resp)
         return None
 

@@ -41,7 +41,7 @@ from .headers import (
 )
 from .leg import Leg, end
 from .lifecycle import Action, Ending, Phase, Side
-from .response import ResponseSide, _pieces
+from .response import ResponseSide
 from .states import PHASES, State, Step
 from .targets import parse_target, split_authority
 from .upstream import Key
@@ -72,6 +72,7 @@ class Exchange(ResponseSide):
         self._buffered = 0
         self._tap = None
         self._late = ""
+        self._end_waits = False
         self._late_request = False
         self.refusal: ProtocolError | None = None
         self.admitted = False  # [access] let this request through
@@ -152,6 +153,11 @@ class Exchange(ResponseSide):
         else:
             self._to(Step.BUFFER)
             self._buffer = []
+            if not self.http10 and req.headers.get("expect", "").lower() == "100-continue":
+                # The origin cannot ask for a body held back for the hook: we do (as mitmproxy
+                # does), or the client waits for a 100 that never comes (curl: 1 s per upload).
+                del req.headers["expect"]
+                self.session.client.write(http1.CONTINUE)
             self.session.pump()  # body already read may be queued
 
     def _overflow_request(self, data: bytes = b"") -> None:
@@ -164,6 +170,10 @@ class Exchange(ResponseSide):
             self.answer_error(413, hooks.too_large("request"))
             return
         # What was read goes back ahead of the rest: it is sent once the upstream is ready.
+        # It was counted as it arrived, and is again when it comes round: uncount it once.
+        held = sum(len(piece) for piece in pieces)
+        self.flow.bytes_in -= held
+        self.ctx.counters.bytes_from_client -= held
         self.session.events.extendleft(reversed(pieces))
         self._late_request = True
         self._dispatch()
@@ -360,9 +370,7 @@ class Exchange(ResponseSide):
             if conn is not None and self.state is not State.ANSWERED:
                 req = self.flow.request
                 if req is not None and callable(req.stream):
-                    for piece in _pieces(req.stream(data)):
-                        if piece:
-                            conn.write(http1.body_piece(piece, CHUNKED))
+                    self._send_transformed(conn, req.stream, data)
                     return
                 conn.write(http1.body_piece(data, self.head.framing))
         elif event is END:
@@ -379,9 +387,8 @@ class Exchange(ResponseSide):
             conn = self.upstream
             if conn is not None and self.head.framing is CHUNKED:
                 if req is not None and callable(req.stream):
-                    for piece in _pieces(req.stream(b"")):
-                        if piece:
-                            conn.write(http1.body_piece(piece, CHUNKED))
+                    if not self._send_transformed(conn, req.stream, b""):
+                        return
                 conn.write(http1.LAST_CHUNK)
             if self._late_request:
                 self._late_request = False
@@ -394,6 +401,23 @@ class Exchange(ResponseSide):
             if self.session.end(Side.CLIENT, Ending.PROTOCOL_ERROR) is Action.ABORT_PEER:
                 self.request_complete = True  # nothing was sent back yet: say why
                 self.answer_error(event.status, event.reason)
+
+    def _send_transformed(self, conn: Leg, stream: object, data: bytes) -> bool:
+        """A request body piece through the hook's `stream` callable, upstream in chunks."""
+        assert callable(stream)
+        pieces = self.ctx.hooks.transform(stream, data, "requestbody", self.flow)
+        if pieces is None:
+            # What went upstream cannot be taken back: that request is cut there, and the
+            # client hears why.
+            self.keep_alive = False
+            self.session.end(
+                Side.UPSTREAM, Ending.PROTOCOL_ERROR, "an addon's stream function failed"
+            )
+            return False
+        for piece in pieces:
+            if piece:
+                conn.write(http1.body_piece(piece, CHUNKED))
+        return True
 
     def _buffer_piece(self, data: bytes) -> None:
         if self.ctx.hooks.take(self._buffered, len(data)):
@@ -502,13 +526,18 @@ class Exchange(ResponseSide):
         elif action is Action.TRUNCATE_PEER:
             self.keep_alive = False
             self.flow.error = Error(detail or f"upstream {ending.value} mid-response")
+            self.ctx.hooks.run("error", self.flow)  # mitmproxy's too: told, not waited for
 
     def cut(self, why: str) -> None:
         """The client connection ended with this exchange unfinished: record it as such."""
         if self.state is State.DONE or self.state is State.UPGRADED:
             return
-        if self.flow.error is None and self.state is not State.ANSWERED:
-            self.flow.error = Error(why)
+        flow = self.flow
+        if flow.error is None and self.state is not State.ANSWERED:
+            flow.error = Error(why)
+            self.ctx.hooks.run("error", flow)
+        elif flow.killed:
+            self.ctx.hooks.run("error", flow)  # mitmproxy tells `error` of a kill too
         self._to(Step.CUT)
         self._detach()
         self._release_buffer()

@@ -66,6 +66,7 @@ class ResponseSide:
         "_buffered",
         "_tap",
         "_late",
+        "_end_waits",
     )
     session: Session
     ctx: ProxyContext
@@ -91,6 +92,8 @@ class ResponseSide:
     _tap: Callable[[bytes], None] | None
     # The `request` / `response` hook still owed to a message that streamed (content None).
     _late: str
+    # The response ended while pieces held for a hook still wait for the client to take them.
+    _end_waits: bool
 
     def _to(self, step: Step) -> None:
         self.state = MOVES[self.state][step]
@@ -292,18 +295,44 @@ class ResponseSide:
     def _overflow_response(self, data: bytes = b"") -> None:
         """The response body is past [hooks] body_limit or buffer_budget."""
         hooks = self.ctx.hooks
-        pieces = self._release_buffer()
-        if data:
-            pieces.append(data)
         if hooks.reject:
+            self._release_buffer()
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, hooks.too_large("response"))
             return
+        pieces = self._buffer or []
+        self._buffer = None
+        self._tap = None
         resp = self.flow.response
         assert resp is not None
         self._late = "response"
         self._respond(resp, self.in_framing)
-        for piece in pieces:
+        # What was held goes out as fast as the client takes it, not in one burst: written at
+        # once, it would sit in Twisted's send buffer beside our own copy (twice the memory).
+        if data:
+            pieces.append(data)
+        self._buffer = pieces
+        self._tap = pieces.append  # what arrives meanwhile queues behind
+        self.client_drained()
+
+    def client_drained(self) -> None:
+        """The client's send buffer has room: send what waits for it (see _overflow_response)."""
+        pieces = self._buffer
+        if pieces is None or self.state is not State.RESPONDING:
+            return
+        session = self.session
+        while pieces and not session.client_blocked:
+            piece = pieces.pop(0)
+            if self._buffered:
+                n = min(len(piece), self._buffered)
+                self._buffered -= n
+                self.ctx.hooks.give(n)
             self._to_client(piece)
+        if not pieces:
+            self._buffer = None
+            self._tap = None
+            if self._end_waits:
+                self._end_waits = False
+                self._response_end()
 
     def _release_buffer(self) -> list[bytes]:
         """Give the buffered body's bytes back to the budget; returns its pieces."""
@@ -333,7 +362,11 @@ class ResponseSide:
         resp = flow.response
         assert resp is not None
         self._respond(resp, self.in_framing, resp._content or b"")
-        self._response_end()
+        if self.in_framing is not NO_BODY:
+            # The body was read whole: its END has come. A HEAD, 204 or 304 response's END
+            # follows its head, still to come: ending it here too released the upstream to the
+            # pool, and then that END, unclaimed, aborted the pooled connection.
+            self._response_end()
 
     def _respond(self, resp: Response, framing: Framing, body: bytes | None = None) -> None:
         """Send the response head as the hooks left it (and its whole body, if buffered)."""
@@ -369,7 +402,14 @@ class ResponseSide:
         if not callable(stream):
             self._to_client(data)
             return
-        for piece in _pieces(stream(data)):
+        pieces = self.ctx.hooks.transform(stream, data, "responsebody", self.flow)
+        if pieces is None:
+            self._tap = None
+            self.session.end(
+                Side.UPSTREAM, Ending.PROTOCOL_ERROR, "an addon's stream function failed"
+            )
+            return
+        for piece in pieces:
             if piece:
                 self._to_client(piece)
 
@@ -378,6 +418,9 @@ class ResponseSide:
             self._response_read()
             return
         if self.state is not State.RESPONDING:
+            return
+        if self._buffer is not None:  # held pieces still wait for the client: end after them
+            self._end_waits = True
             return
         if self._tap is not None:  # a `stream` transform has its last word
             self._tap = None
@@ -410,7 +453,7 @@ class ResponseSide:
         """Run `event`'s hooks, then `then`: at once, or once they are done. Meanwhile both
         legs stop reading (as for a slow peer), and what the upstream sends waits."""
         pending = self.ctx.hooks.run(event, self.flow)
-        if pending is None:
+        if pending is None or pending.called:  # (a coroutine that never had to wait)
             then()
             return
         self._held = []

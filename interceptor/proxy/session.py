@@ -72,6 +72,7 @@ class Session:
         self._paused_queue = False  # too many events queued: stop reading the client
         self._paused_upstream = False  # the upstream's send buffer is full: likewise
         self._paused_hook = False  # a hook takes its time: likewise
+        self.client_blocked = False  # the client's send buffer is full
         self._pumping = False
         self.closed = False
         ctx.sessions.add(self)
@@ -195,6 +196,8 @@ class Session:
                     self.end(Side.CLIENT, Ending.DONE)
                 elif last is None or last is not exchanges[0]:
                     break  # the body of a queued request waits for its turn
+                elif self._paused_upstream and type(event) is Body:
+                    break  # the upstream's buffer is full: the rest waits until it drains
                 elif type(event) is ProtocolError or last.state in TAKES_BODY:
                     events.popleft()
                     last.request_event(event)
@@ -257,6 +260,7 @@ class Session:
 
     def client_write_blocked(self) -> None:
         """The client's send buffer is full: stop reading the upstream."""
+        self.client_blocked = True
         if self.tunnel is not None:
             self.tunnel.client_write_blocked()
         elif self.exchanges and self.exchanges[0].upstream is not None:
@@ -264,10 +268,14 @@ class Session:
 
     def client_write_unblocked(self) -> None:
         """The client's send buffer drained."""
+        self.client_blocked = False
         if self.tunnel is not None:
             self.tunnel.client_write_unblocked()
-        elif self.exchanges and self.exchanges[0].upstream is not None:
-            self.exchanges[0].upstream.resume_reading()
+        elif self.exchanges:
+            ex = self.exchanges[0]
+            ex.client_drained()
+            if ex.upstream is not None and not self.client_blocked:
+                ex.upstream.resume_reading()
 
     def upstream_write_blocked(self) -> None:
         """The upstream's send buffer is full: stop reading the client."""
@@ -278,6 +286,8 @@ class Session:
         """The upstream's send buffer drained."""
         self._paused_upstream = False
         self._update_client_reading()
+        if self.events:
+            self.pump()  # body pieces queued while it was full
 
     # -- CONNECT and tunnels ---------------------------------------------------------------
 
