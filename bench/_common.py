@@ -25,11 +25,13 @@ What is here:
 This file is also the loopback origin server that :func:`start_origin` runs in its own process
 (so its CPU is not counted as the proxy's and it never shares a GIL with the load generator)::
 
-    python bench/_common.py origin --size 1024 [--body html [--gzip]] [--port 0]
+    python bench/_common.py origin --size 1024 [--body html [--gzip]] [--chunked] [--port 0]
         [--tls-cert C --tls-key K]
 
 What it serves is :func:`origin_body`: an octet-stream body by default, or an HTML page full of
-the word "cherry" (for addons that rewrite text), optionally gzip-encoded.
+the word "cherry" (for addons that rewrite text), optionally gzip-encoded; framed by its
+Content-Length, or with ``--chunked`` sent chunked (:func:`chunked_wire`), so the receiver does
+not know its length before the end.
 
 Every address used here is a loopback one; :func:`require_loopback` refuses anything else.
 """
@@ -626,6 +628,7 @@ def start_origin(
     host: str = LOOPBACK,
     body: str = "octet",
     gzipped: bool = False,
+    chunked: bool = False,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     timeout: float = 15.0,
@@ -633,8 +636,9 @@ def start_origin(
     """Start the loopback origin (this file, ``origin`` mode) in its own process.
 
     It answers every request with 200 and :func:`origin_body` ``(size, body, gzipped)`` (a
-    ``size``-byte body before any encoding) on a kernel-chosen port, over TLS if ``tls_cert``
-    and ``tls_key`` are given. Returns ``(process, port)`` once it listens; query its counters
+    ``size``-byte body before any encoding) on a kernel-chosen port, sent chunked if
+    ``chunked`` (else framed by its Content-Length), over TLS if ``tls_cert`` and ``tls_key``
+    are given. Returns ``(process, port)`` once it listens; query its counters
     with :func:`origin_stats`, stop it with :func:`stop_process`.
     """
     require_loopback(host)
@@ -648,6 +652,8 @@ def start_origin(
         args += ["--body", body]
     if gzipped:
         args.append("--gzip")
+    if chunked:
+        args.append("--chunked")
     if tls_cert is not None or tls_key is not None:
         if tls_cert is None or tls_key is None:
             raise ValueError("tls_cert and tls_key go together")
@@ -1472,12 +1478,35 @@ class OriginBody:
     content_type: bytes
     content_encoding: bytes | None  # b"gzip", or None for the identity
 
-    def headers(self) -> bytes:
-        """The header lines that describe the body (CRLF after each), Content-Length last."""
+    def headers(self, chunked: bool = False) -> bytes:
+        """The header lines that describe the body (CRLF after each), Content-Length last.
+
+        With ``chunked``, ``Transfer-Encoding: chunked`` instead of the Content-Length (send
+        :func:`chunked_wire` of ``wire`` then).
+        """
         lines = b"Content-Type: %s\r\n" % self.content_type
         if self.content_encoding is not None:
             lines += b"Content-Encoding: %s\r\n" % self.content_encoding
+        if chunked:
+            return lines + b"Transfer-Encoding: chunked\r\n"
         return lines + b"Content-Length: %d\r\n" % len(self.wire)
+
+
+#: The chunk size of :func:`chunked_wire` (the origin's ``--chunked``).
+ORIGIN_CHUNK_SIZE = 64 * 1024
+
+
+def chunked_wire(data: bytes, chunk_size: int = ORIGIN_CHUNK_SIZE) -> bytes:
+    """``data`` in HTTP/1.1 chunked framing: ``chunk_size``-byte chunks, then the last chunk."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be > 0")
+    view = memoryview(data)
+    parts = []
+    for i in range(0, len(data), chunk_size):
+        piece = view[i : i + chunk_size]
+        parts.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+    parts.append(b"0\r\n\r\n")
+    return b"".join(parts)
 
 
 def origin_body(size: int, kind: str = "octet", gzipped: bool = False) -> OriginBody:
@@ -1561,8 +1590,12 @@ class _OriginProtocol(asyncio.Protocol):
 async def _serve_origin(args: argparse.Namespace) -> None:
     """Run the origin until SIGTERM/SIGINT or until the parent process goes away."""
     body = origin_body(args.size, args.body, args.gzip)
+    wire = chunked_wire(body.wire) if args.chunked else body.wire
     response = (
-        b"HTTP/1.1 200 OK\r\n" + body.headers() + b"Connection: keep-alive\r\n\r\n" + body.wire
+        b"HTTP/1.1 200 OK\r\n"
+        + body.headers(args.chunked)
+        + b"Connection: keep-alive\r\n\r\n"
+        + wire
     )
     ssl_context = None
     if args.tls_cert:
@@ -1593,6 +1626,9 @@ def _origin_main(argv: Sequence[str]) -> None:
         "--body", choices=ORIGIN_BODIES, default=ORIGIN_BODIES[0], help="what the body is"
     )
     parser.add_argument("--gzip", action="store_true", help="serve it gzip-encoded")
+    parser.add_argument(
+        "--chunked", action="store_true", help="send it chunked, not framed by Content-Length"
+    )
     parser.add_argument("--host", default=LOOPBACK, help="loopback address to listen on")
     parser.add_argument("--port", type=int, default=0, help="0: the kernel picks one")
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
@@ -1617,6 +1653,6 @@ if __name__ == "__main__":
         _origin_main(sys.argv[2:])
     else:
         sys.exit(
-            f"usage: {sys.argv[0]} origin [--size N] [--body octet|html] [--gzip] [--port P] "
-            "[--tls-cert C --tls-key K]"
+            f"usage: {sys.argv[0]} origin [--size N] [--body octet|html] [--gzip] [--chunked] "
+            "[--port P] [--tls-cert C --tls-key K]"
         )

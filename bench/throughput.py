@@ -454,7 +454,8 @@ VARIANTS = {
     for v in (
         Variant("epoll", None, "epollreactor", demo=False),
         Variant("asyncio", "asyncio", "asyncioreactor", demo=False),
-        Variant("epoll+demo", None, "epollreactor", demo=True),
+        # Explicit: with scripts configured the proxy would choose asyncio by itself.
+        Variant("epoll+demo", "epoll", "epollreactor", demo=True),
         Variant("asyncio+demo", "asyncio", "asyncioreactor", demo=True),
     )
 }
