@@ -50,7 +50,7 @@ class CAPage:
     def requestheaders(self, flow: HTTPFlow) -> None:
         """Answer locally when the request is for the CA page host."""
         req = flow.request
-        if req is None or req.host != self.host:
+        if req is None or req._host != self.host:
             return
         path = req._path.split(b"?", 1)[0]
         found = self._files.get(path)
