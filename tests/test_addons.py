@@ -357,3 +357,39 @@ def test_a_body_past_body_limit_streams_or_is_refused(
     else:
         assert upload.stdout == b"request body larger than [hooks] body_limit (64 KiB)\n"
         assert origin.requests_for("/up") == []
+
+
+CONNECTIONS = """
+from interceptor import http
+
+
+def responseheaders(flow: http.HTTPFlow) -> None:
+    c, s = flow.client_conn, flow.server_conn
+    flow.response.headers["X-Client"] = f"{c.tls_established} {c.tls_version} {c.sni} {c.alpn}"
+    flow.response.headers["X-Server"] = f"{s.address} {s.tls_version} {s.sni}"
+    flow.response.headers["X-Flow"] = f"{len(flow.id)} {flow.request.http_version}"
+"""
+
+
+def test_hooks_see_both_connections_tls_details(
+    tmp_path: Path,
+    proxy_factory: Callable[..., ProxyProcess],
+    tls_origin: tuple[TLSOrigin, Path],
+) -> None:
+    script = tmp_path / "connections.py"
+    script.write_text(CONNECTIONS)
+    origin, root = tls_origin
+    proxy = proxy_factory(
+        env={
+            "INTERCEPTOR_HOOKS_SCRIPTS": str(script),
+            "INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE": str(root),
+        }
+    )
+    ca = proxy.workdir / "ca" / "ca.pem"
+    url = f"https://localhost:{origin.port}/fruit.html"
+    result = _curl(proxy, "--cacert", str(ca), "-i", url)
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.rpartition(b"\r\n\r\n")[0].decode("latin-1")
+    assert "X-Client: True TLSv1.3 localhost b'http/1.1'" in head, head
+    assert f"X-Server: ('localhost', {origin.port}) TLSv1.3 localhost" in head, head
+    assert "X-Flow: 36 HTTP/1.1" in head, head
