@@ -97,6 +97,20 @@ class _Collector:
         for (addon, event), n in sorted(c.hook_failures.items()):
             m.add_metric([addon, event], n)
         yield m
+        writer = getattr(svc, "capture", None)
+        if writer is not None:
+            m = CounterMetricFamily(
+                "interceptor_capture_flows", "Flows handed to the capture store", labels=["result"]
+            )
+            m.add_metric(["written"], writer.written)
+            m.add_metric(["dropped"], writer.dropped)
+            m.add_metric(["failed"], writer.failed)
+            yield m
+            yield CounterMetricFamily(
+                "interceptor_capture_dropped",
+                "Flows not captured because the writer's queue was full",
+                value=writer.dropped,
+            )
         ctx = svc.ctx
         if ctx is not None:
             yield GaugeMetricFamily(

@@ -198,6 +198,18 @@ class HooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """Flow capture: the on-disk store every finished exchange is recorded to."""
+
+    store: str = ""
+    body_limit: int = 1024 * 1024
+    max_bytes: int = 1024 * 1024 * 1024
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    redact_headers: tuple[str, ...] = ("proxy-authorization",)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is the file loaded, or ``""`` if none was."""
 
@@ -209,6 +221,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     source: str = ""
 
 
@@ -221,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "admin": AdminConfig,
     "log": LogConfig,
     "hooks": HooksConfig,
+    "capture": CaptureConfig,
 }
 
 
@@ -686,6 +700,18 @@ _FIELDS: tuple[_Field, ...] = (
     _F("hooks", "body_overflow", _STR, "stream", (_one_of("stream", "reject"),),
        "Past body_limit or buffer_budget: stream the rest (the hook sees content None) or "
        "reject (413 for a request, 502 for a response)."),
+    _F("capture", "store", _STR, "", (_path,),
+       "Path of the SQLite flow store (mode 0600); empty: no capture."),
+    _F("capture", "body_limit", _SIZE, 1024 * 1024, (_at_least(0),),
+       "Bytes of each body stored; the rest is cut (marked, the full size kept)."),
+    _F("capture", "max_bytes", _SIZE, 1024 * 1024 * 1024, (_at_least(0),),
+       "Stored body bytes past which the oldest flows are pruned."),
+    _F("capture", "include", _STRS, [], (_passthrough,),
+       "Host patterns to capture; empty captures every host."),
+    _F("capture", "exclude", _STRS, [], (_passthrough,),
+       "Host patterns never captured."),
+    _F("capture", "redact_headers", _STRS, ["proxy-authorization"], (),
+       "Header names stored as <redacted>."),
 )  # fmt: skip
 
 _BY_NAME = {f.name: f for f in _FIELDS}

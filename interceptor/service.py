@@ -29,6 +29,8 @@ from .addons.accesslog import AccessLog
 from .addons.capage import CAPage
 from .addons.chain import HookChain, addon_name
 from .addons.loader import AddonError, load_all
+from .capture.addon import Capture
+from .capture.store import StoreError, Writer
 from .config import Config
 from .hosts import HostPatterns, IPAddress, parse_ip
 from .logs import AddonLogBridge, StdoutObserver
@@ -74,6 +76,7 @@ class ProxyService(Service):
         self.upstream_tls: tls.UpstreamTLS | None = None
         self.addons: list[object] = []
         self.hooks: HookChain | None = None
+        self.capture: Writer | None = None
         self._log_bridge: AddonLogBridge | None = None
         self.ready = False
 
@@ -119,6 +122,20 @@ class ProxyService(Service):
         ca, upstream_tls = self.prepare()
         minter = self._start_tls(hooks, ca)
         self._start_addons(hooks)
+        if self.capture is not None:
+            ccfg = cfg.capture
+            hooks.add(
+                Capture(
+                    self.capture,
+                    self.reactor,
+                    ccfg.body_limit,
+                    ccfg.include,
+                    ccfg.exclude,
+                    ccfg.redact_headers,
+                ),
+                trusted=True,
+            )
+            _log.info("capturing flows to {path}", path=ccfg.store)
         if cfg.log.access:
             hooks.add(AccessLog(self.reactor), trusted=True)
         self.pool = pool = Pool(
@@ -257,6 +274,16 @@ class ProxyService(Service):
             self.addons = load_all(self.config.hooks.scripts, self.config.hooks.addons)
         except AddonError as e:
             raise StartupError(str(e), code=2) from None
+        ccfg = self.config.capture
+        if ccfg.store and self.capture is None:
+            try:
+                self.capture = Writer(
+                    ccfg.store,
+                    max_bytes=ccfg.max_bytes,
+                    on_error=lambda text: _log.error("{text}", text=text),
+                )
+            except StoreError as e:
+                raise StartupError(f"capture.store: {e}", code=2) from None
 
         cfg = self.config.tls
         try:
@@ -339,6 +366,11 @@ class ProxyService(Service):
                     await waiting
                 except defer.TimeoutError:
                     pass
+        if self.capture is not None:
+            # What is queued is written (the writer's thread, bounded), then the file closes.
+            await threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), self.capture.close
+            )
         if self._log_bridge is not None:
             self._log_bridge.uninstall()
         for p in self.admin_ports:

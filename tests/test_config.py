@@ -16,6 +16,7 @@ from interceptor.config import (
     DEFAULT_CONFIG_ENV,
     AccessConfig,
     AdminConfig,
+    CaptureConfig,
     Config,
     ConfigError,
     HooksConfig,
@@ -39,6 +40,7 @@ SECTION_CLASSES = {
     "admin": AdminConfig,
     "log": LogConfig,
     "hooks": HooksConfig,
+    "capture": CaptureConfig,
 }
 ALL_KEYS = [f.name for f in config_module._FIELDS]
 

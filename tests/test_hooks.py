@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from interceptor.addons.chain import HookChain
 from interceptor.addons.loader import AddonError, load_addons
 from interceptor.http import Client, Headers, HTTPFlow, Request
-from tests.support import OriginServer, ProxyProcess, respond, run_curl
+from tests.support import OriginServer, ProxyProcess, failed_start, respond, run_curl
 
 
 def make_flow() -> HTTPFlow:
@@ -114,22 +110,7 @@ def test_addons_change_real_traffic(tmp_path, proxy_factory, origin: OriginServe
 
 
 def test_a_bad_addon_stops_start_up_with_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERCEPTOR_")}
-    env.update(
-        {
-            "INTERCEPTOR_TLS_CA_DIR": str(tmp_path / "ca"),
-            "INTERCEPTOR_ADMIN_LISTEN": "",
-            "INTERCEPTOR_HOOKS_ADDONS": "no_such_module_xyz:Thing",
-        }
-    )
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "interceptor"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = failed_start(tmp_path, INTERCEPTOR_HOOKS_ADDONS="no_such_module_xyz:Thing")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no_such_module_xyz:Thing" in lines[0], result.stderr

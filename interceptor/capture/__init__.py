@@ -1,0 +1,1 @@
+"""Flow capture: the on-disk store and the addon that feeds it."""

@@ -1,0 +1,278 @@
+"""The flow store: SQLite (WAL, a versioned schema, mode 0600), written by one thread.
+
+The reactor never waits on the disk: `Writer.put` hands a finished flow's record to a bounded
+queue and returns at once; a dedicated thread takes records off it and writes them in batched
+transactions. When the queue is full the record is dropped and counted, never the proxy slowed.
+Readers (the `interceptor flows` command, the web UI) open the same file read-only; WAL lets
+them read while the proxy writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# One row per flow. Heads are JSON lists of [name, value] (latin-1 text, as on the wire); TLS
+# details and timings are JSON objects. Bodies are stored as sent, possibly cut (`*_cut`), with
+# the full size beside them.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS flows (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    client TEXT NOT NULL,
+    server TEXT,
+    method TEXT,
+    url TEXT,
+    host TEXT,
+    http_version TEXT,
+    request_headers TEXT,
+    request_body BLOB,
+    request_size INTEGER NOT NULL DEFAULT 0,
+    request_cut INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    response_headers TEXT,
+    response_body BLOB,
+    response_size INTEGER NOT NULL DEFAULT 0,
+    response_cut INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    client_tls TEXT,
+    server_tls TEXT,
+    timings TEXT,
+    is_replay TEXT,
+    stored_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS flows_started ON flows (started);
+"""
+
+_COLUMNS = (
+    "id", "kind", "started", "ended", "client", "server", "method", "url", "host",
+    "http_version", "request_headers", "request_body", "request_size", "request_cut", "status",
+    "reason", "response_headers", "response_body", "response_size", "response_cut", "error",
+    "client_tls", "server_tls", "timings", "is_replay", "stored_bytes",
+)  # fmt: skip
+_INSERT = (
+    f"INSERT OR REPLACE INTO flows ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or is not ours; the message is one line naming the file."""
+
+
+@dataclass(slots=True)
+class FlowRecord:
+    """What is stored of one flow (made in the reactor thread, written in the writer's)."""
+
+    id: str
+    kind: str  # "http" (plain), "intercepted" (inside a CONNECT), "passthrough", "connect"
+    started: float
+    ended: float
+    client: str
+    server: str | None = None
+    method: str | None = None
+    url: str | None = None
+    host: str | None = None
+    http_version: str | None = None
+    request_headers: Sequence[tuple[str, str]] = ()
+    request_body: bytes | None = None
+    request_size: int = 0
+    request_cut: bool = False
+    status: int = 0
+    reason: str | None = None
+    response_headers: Sequence[tuple[str, str]] = ()
+    response_body: bytes | None = None
+    response_size: int = 0
+    response_cut: bool = False
+    error: str | None = None
+    client_tls: Mapping[str, Any] | None = None
+    server_tls: Mapping[str, Any] | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    is_replay: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        """The values for _INSERT, in _COLUMNS' order."""
+        stored = len(self.request_body or b"") + len(self.response_body or b"")
+        return (
+            self.id, self.kind, self.started, self.ended, self.client, self.server, self.method,
+            self.url, self.host, self.http_version, _json(self.request_headers),
+            self.request_body, self.request_size, int(self.request_cut), self.status,
+            self.reason, _json(self.response_headers), self.response_body,
+            self.response_size, int(self.response_cut), self.error, _json(self.client_tls),
+            _json(self.server_tls), _json(self.timings), self.is_replay, stored,
+        )  # fmt: skip
+
+
+def _json(value: object) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """Open the store at `path` (created, mode 0600, unless `readonly`), schema checked."""
+    if readonly:
+        if not os.path.exists(path):
+            raise StoreError(f"{path}: no such store")
+        uri = "file:" + os.path.abspath(path) + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: {e}") from None
+    else:
+        try:
+            # Decrypted traffic: nobody but us may read it, from the first byte on.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(path, 0o600)
+            db = sqlite3.connect(path, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            db.commit()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error:
+        db.close()
+        raise StoreError(f"{path}: not an interceptor flow store") from None
+    if found is None or found[0] != str(SCHEMA_VERSION):
+        db.close()
+        version = found[0] if found else "none"
+        raise StoreError(
+            f"{path}: schema version {version}, this interceptor reads {SCHEMA_VERSION}"
+        )
+    return db
+
+
+class Writer:
+    """The writer thread and its bounded queue.
+
+    `put` never blocks: a full queue drops the record (`dropped` counts them). Records are
+    written in transactions of up to `batch` at a time; past `max_bytes` of stored bodies the
+    oldest flows are pruned.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        queue_size: int = 1000,
+        batch: int = 200,
+        max_bytes: int = 1 << 30,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.db = connect(path)  # in this thread: a bad path fails start-up with one line
+        self.queue: queue.Queue[FlowRecord | None] = queue.Queue(maxsize=queue_size)
+        self.batch = batch
+        self.max_bytes = max_bytes
+        self.on_error = on_error or (lambda text: None)
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self._stored = self._stored_bytes()
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, record: FlowRecord) -> bool:
+        """Queue a record for writing; False (and counted) if the queue is full."""
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within `timeout`), then stop the thread and close the file."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    def _stored_bytes(self) -> int:
+        row = self.db.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM flows").fetchone()
+        return int(row[0])
+
+    def _run(self) -> None:
+        db = self.db
+        try:
+            while True:
+                first = self.queue.get()
+                if first is None:
+                    return
+                records = [first]
+                stop = False
+                while len(records) < self.batch:
+                    try:
+                        more = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    records.append(more)
+                self._write(records)
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _write(self, records: list[FlowRecord]) -> None:
+        rows = [r.row() for r in records]
+        try:
+            with self.db:
+                self.db.executemany(_INSERT, rows)
+            self.written += len(rows)
+            self._stored += sum(row[-1] for row in rows)
+            if self._stored > self.max_bytes:
+                self._prune()
+        except sqlite3.Error as e:
+            # A full disk or a broken file costs the record, never the proxy.
+            self.failed += len(rows)
+            self.on_error(f"capture: writing {len(rows)} flow(s) to {self.path} failed: {e}")
+
+    def _prune(self) -> None:
+        # Oldest first, until a tenth under the limit: pruning on every write past it would
+        # turn each batch into a delete.
+        target = self.max_bytes * 9 // 10
+        with self.db:
+            cursor = self.db.execute("SELECT seq, stored_bytes FROM flows ORDER BY seq")
+            cut_to = None
+            for seq, size in cursor:
+                if self._stored <= target:
+                    break
+                self._stored -= size
+                cut_to = seq
+            if cut_to is not None:
+                self.db.execute("DELETE FROM flows WHERE seq <= ?", (cut_to,))
+
+
+def read_flows(db: sqlite3.Connection, limit: int | None = None) -> Iterator[sqlite3.Row]:
+    """Flows in the order they were stored, oldest first (rows by column name)."""
+    db.row_factory = sqlite3.Row
+    query = "SELECT * FROM flows ORDER BY seq"
+    params: tuple[int, ...] = ()
+    if limit is not None:
+        query += " LIMIT ?"
+        params = (limit,)
+    yield from db.execute(query, params)

@@ -1,0 +1,157 @@
+"""Flow capture: the SQLite store in memory of one process, and a real twistd recording to it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from interceptor.capture.store import SCHEMA_VERSION, FlowRecord, StoreError, Writer, connect
+from tests.support import (
+    OriginServer,
+    ProxyProcess,
+    failed_start,
+    free_port,
+    respond,
+    run_curl,
+    wait_for,
+)
+
+TIMEOUT = 20.0
+
+
+def record(n: int, body: bytes | None = None) -> FlowRecord:
+    return FlowRecord(
+        id=f"flow-{n}",
+        kind="http",
+        started=float(n),
+        ended=float(n) + 0.5,
+        client="127.0.0.1:1",
+        method="GET",
+        url=f"http://a.test/{n}",
+        host="a.test",
+        status=200,
+        request_headers=[("Host", "a.test")],
+        response_body=body,
+        response_size=len(body or b""),
+    )
+
+
+def rows(path: Path) -> list[sqlite3.Row]:
+    db = connect(str(path), readonly=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return list(db.execute("SELECT * FROM flows ORDER BY seq"))
+    finally:
+        db.close()
+
+
+def test_the_writer_stores_records_in_a_private_wal_file(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    writer = Writer(str(path))
+    for n in range(5):
+        assert writer.put(record(n))
+    writer.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    got = rows(path)
+    assert [r["id"] for r in got] == [f"flow-{n}" for n in range(5)]
+    assert got[0]["request_headers"] == '[["Host","a.test"]]'
+    assert writer.written == 5 and writer.dropped == 0
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    db.close()
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:
+    writer = Writer(str(tmp_path / "flows.db"), queue_size=1)
+    writer.close()  # the thread is gone: nothing takes records off the queue any more
+    assert writer.put(record(1))
+    assert not writer.put(record(2))
+    assert writer.dropped == 1
+
+
+def test_the_oldest_flows_are_pruned_past_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    writer = Writer(str(path), max_bytes=10_000, batch=1)
+    for n in range(30):
+        writer.put(record(n, b"x" * 1000))
+    writer.close()
+    kept = [r["id"] for r in rows(path)]
+    assert kept[-1] == "flow-29"
+    assert 5 <= len(kept) <= 10, kept  # at most max_bytes of bodies, pruned to 9/10 of it
+    assert kept == [f"flow-{n}" for n in range(30 - len(kept), 30)]
+
+
+def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError) as info:
+        Writer(str(other))
+    assert str(info.value) == f"{other}: schema version 99, this interceptor reads 1"
+    with pytest.raises(StoreError, match="no such store"):
+        connect(str(tmp_path / "missing.db"), readonly=True)
+
+
+def test_an_unusable_store_path_stops_start_up_with_exit_2(tmp_path: Path) -> None:
+    store = tmp_path / "no" / "such" / "dir" / "flows.db"
+    result = failed_start(tmp_path, INTERCEPTOR_CAPTURE_STORE=str(store))
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interceptor: capture.store: "), result.stderr
+    assert "No such file or directory" in lines[0]
+
+
+def test_a_proxy_records_what_passed_and_what_failed(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(env={"INTERCEPTOR_CAPTURE_STORE": str(store)})
+    proxy.wait_for_log(r"capturing flows to ")
+    url = origin.route("/page", respond(b"hello", headers=[("Content-Type", "text/plain")]))
+    ok = run_curl("-x", proxy.url, "-H", "Authorization: Bearer secret", url, timeout=TIMEOUT)
+    assert ok.stdout == b"hello"
+    refused = run_curl("-x", proxy.url, f"http://127.0.0.1:{free_port()}/", timeout=TIMEOUT)
+    assert refused.stdout.startswith(b"upstream refused the connection")
+
+    def stored() -> list[sqlite3.Row] | None:
+        found = rows(store)
+        return found if len(found) >= 2 else None
+
+    page, failed = wait_for(stored, TIMEOUT)
+    assert (page["kind"], page["method"], page["url"], page["status"]) == ("http", "GET", url, 200)
+    assert page["response_size"] == 5 and page["server"].startswith("127.0.0.1:")
+    assert '["Content-Type","text/plain"]' in page["response_headers"]
+    assert '["Authorization","Bearer secret"]' in page["request_headers"]
+    assert failed["status"] == 502 and failed["error"] == "upstream refused the connection"
+    assert stat.S_IMODE(os.stat(store).st_mode) == 0o600
+
+
+def test_redacted_headers_are_stored_as_redacted(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(
+        env={
+            "INTERCEPTOR_CAPTURE_STORE": str(store),
+            "INTERCEPTOR_CAPTURE_REDACT_HEADERS": "authorization,cookie",
+            "INTERCEPTOR_CAPTURE_EXCLUDE": "skipped.test",
+        }
+    )
+    url = origin.route("/secret", respond(b"ok"))
+    run_curl("-x", proxy.url, "-H", "Authorization: Bearer secret", "-b", "s=1", url)
+    run_curl("-x", proxy.url, "http://skipped.test/")  # excluded: never stored
+    (row,) = wait_for(lambda: rows(store) or None, TIMEOUT)
+    assert "secret" not in row["request_headers"] and "s=1" not in row["request_headers"]
+    assert '["Authorization","<redacted>"]' in row["request_headers"]
+    proxy.popen.terminate()
+    assert proxy.popen.wait(timeout=TIMEOUT) == 0
+    assert [r["url"] for r in rows(store)] == [url]
