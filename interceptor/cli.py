@@ -1,6 +1,6 @@
 """The `interceptor` command: read the flow store the proxy writes (`[capture] store`).
 
-    interceptor flows list STORE [--limit N]
+    interceptor flows list STORE [--filter EXPR] [--limit N]
     interceptor flows show STORE ID
 
 The store is opened read-only, so the proxy may keep writing meanwhile. Errors are one line on
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from . import encoding
+from .capture.filters import FilterError
 from .capture.store import StoreError, connect, read_flows
 
 
@@ -32,13 +33,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "flows" and args.action == "list":
-            _list(args.store, args.limit, out)
+            _list(args.store, args.limit, args.filter, out)
         elif args.command == "flows" and args.action == "show":
             _show(args.store, args.id, out)
         else:
             parser.print_help(sys.stderr)
             return 2
-    except (StoreError, CommandError) as e:
+    except (StoreError, CommandError, FilterError) as e:
         sys.stderr.write(f"interceptor: {e}\n")
         return 2
     except BrokenPipeError:
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="one line a flow, oldest first")
     listing.add_argument("store", help="the store's path")
     listing.add_argument("--limit", type=int, default=None, help="at most N flows")
+    listing.add_argument(
+        "--filter",
+        default="",
+        help="e.g. 'host:*.example.com method:POST status:5xx url:/api/ !error' "
+        "(all terms must hold; see the README's Capture section)",
+    )
     show = actions.add_parser("show", help="one flow's heads and bodies")
     show.add_argument("store", help="the store's path")
     show.add_argument("id", help="the flow id (as `list` prints it; a unique prefix will do)")
@@ -66,10 +73,10 @@ def _when(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _list(path: str, limit: int | None, out: TextIO) -> None:
+def _list(path: str, limit: int | None, expression: str, out: TextIO) -> None:
     db = connect(path, readonly=True)
     try:
-        for row in read_flows(db, limit):
+        for row in read_flows(db, limit, expression):
             duration = row["ended"] - row["started"]
             url = row["url"] or "-"
             method = row["method"] or "-"

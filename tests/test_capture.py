@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from interceptor.capture.store import SCHEMA_VERSION, FlowRecord, StoreError, Writer, connect
+from interceptor.capture.filters import FilterError, compile_filter
+from interceptor.capture.store import (
+    SCHEMA_VERSION,
+    FlowRecord,
+    StoreError,
+    Writer,
+    connect,
+    read_flows,
+)
 from tests.support import (
     OriginServer,
     ProxyProcess,
@@ -155,3 +163,69 @@ def test_redacted_headers_are_stored_as_redacted(
     proxy.popen.terminate()
     assert proxy.popen.wait(timeout=TIMEOUT) == 0
     assert [r["url"] for r in rows(store)] == [url]
+
+
+FLOWS = [
+    # (id, kind, method, host, url, status, error)
+    ("a", "http", "GET", "www.example.com", "http://www.example.com/", 200, None),
+    ("b", "intercepted", "POST", "api.example.com", "https://api.example.com/api/items", 201, None),
+    ("c", "intercepted", "GET", "api.example.com", "https://api.example.com/api/x", 503, None),
+    ("d", "http", "GET", "other.test", "http://other.test/100%_done", 0, "client reset"),
+    ("e", "connect", "CONNECT", "api.example.com", "api.example.com:443", 200, None),
+]
+
+
+@pytest.fixture
+def filtered_store(tmp_path: Path) -> sqlite3.Connection:
+    path = tmp_path / "flows.db"
+    writer = Writer(str(path))
+    for n, (flow_id, kind, method, host, url, status, error) in enumerate(FLOWS):
+        writer.put(
+            FlowRecord(
+                id=flow_id, kind=kind, started=float(n), ended=float(n), client=f"10.0.0.{n}:9",
+                method=method, url=url, host=host, status=status, error=error,
+            )
+        )  # fmt: skip
+    writer.close()
+    return connect(str(path), readonly=True)
+
+
+@pytest.mark.parametrize(
+    "expression, expected",
+    [
+        ("", "abcde"),
+        ("host:*.example.com", "abce"),
+        ("host:API.example.com method:post", "b"),
+        ("status:5xx", "c"),
+        ("status:200-299 !kind:connect", "ab"),
+        ("status:none", "d"),
+        ("status:201", "b"),
+        ("url:/api/", "bc"),
+        ("url:100%_", "d"),  # LIKE's wildcards in the text match themselves only
+        ("error", "d"),
+        ("!error host:api.example.com", "bce"),
+        ("kind:intercepted", "bc"),
+        ("client:10.0.0.4", "e"),
+    ],
+)
+def test_filters_select_in_sql(
+    filtered_store: sqlite3.Connection, expression: str, expected: str
+) -> None:
+    assert "".join(row["id"] for row in read_flows(filtered_store, None, expression)) == expected
+
+
+@pytest.mark.parametrize(
+    "expression, words",
+    [
+        ("hots:x", "unknown filter term 'hots:x'"),
+        ("POST", "unknown filter term 'POST'"),
+        ("status:6xx", "status is like 200, 5xx, 400-499 or none"),
+        ("status:299-200", "status is like"),
+        ("kind:tunnel", "kind is one of connect, http, intercepted, passthrough"),
+        ("method:G-T", "not a method"),
+    ],
+)
+def test_a_bad_filter_names_its_term(expression: str, words: str) -> None:
+    with pytest.raises(FilterError) as info:
+        compile_filter(expression)
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -117,3 +117,13 @@ def test_a_capturing_proxy_is_read_back_while_it_runs(
     assert f" GET {url} 200 11 " in line
     shown = interceptor("flows", "show", str(path), flow_id)
     assert "200 OK\n" in shown.stdout and "Content-Type: text/plain" in shown.stdout
+
+
+def test_list_takes_a_filter_and_refuses_a_bad_one_in_one_line(store: Path) -> None:
+    result = interceptor("flows", "list", str(store), "--filter", "status:5xx")
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["22223333-cccc"]
+    result = interceptor("flows", "list", str(store), "--filter", "host:api.test method:post")
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["11111111-aaaa"]
+    bad = interceptor("flows", "list", str(store), "--filter", "stauts:500")
+    assert bad.returncode == 2 and bad.stderr.startswith("interceptor: unknown filter term")
+    assert bad.stderr.count("\n") == 1

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .filters import compile_filter
+
 SCHEMA_VERSION = 1
 
 # One row per flow. Heads are JSON lists of [name, value] (latin-1 text, as on the wire); TLS
@@ -267,12 +269,16 @@ class Writer:
                 self.db.execute("DELETE FROM flows WHERE seq <= ?", (cut_to,))
 
 
-def read_flows(db: sqlite3.Connection, limit: int | None = None) -> Iterator[sqlite3.Row]:
-    """Flows in the order they were stored, oldest first (rows by column name)."""
+def read_flows(
+    db: sqlite3.Connection, limit: int | None = None, expression: str = ""
+) -> Iterator[sqlite3.Row]:
+    """Flows matching the filter `expression` (see filters.py) in the order they were stored,
+    oldest first (rows by column name). FilterError for an expression that does not compile."""
+    compiled = compile_filter(expression)
     db.row_factory = sqlite3.Row
-    query = "SELECT * FROM flows ORDER BY seq"
-    params: tuple[int, ...] = ()
+    query = f"SELECT * FROM flows WHERE {compiled.where} ORDER BY seq"
+    params = compiled.params
     if limit is not None:
         query += " LIMIT ?"
-        params = (limit,)
+        params = (*params, limit)
     yield from db.execute(query, params)
