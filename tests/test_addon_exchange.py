@@ -610,6 +610,31 @@ def test_a_header_value_with_cr_lf_is_a_failure_and_never_reaches_the_wire():
     }
 
 
+def test_a_hook_cannot_reframe_a_body_that_streams_past_it():
+    # A Content-Length or Transfer-Encoding a hook writes on a message it did not buffer would
+    # make the peer read the next message into this one: the proxy frames what it sends.
+    def lie_up(flow: HTTPFlow) -> None:
+        flow.request.headers["Transfer-Encoding"] = "chunked"  # type: ignore[union-attr]
+
+    def lie_down(flow: HTTPFlow) -> None:
+        assert flow.response is not None
+        flow.response.headers["Content-Length"] = "2"
+        flow.response.headers["X-Seen"] = "1"
+
+    r = rig(Addon(requestheaders=lie_up, responseheaders=lie_down))
+    assert (
+        Playbook(r)
+        >> client_sends(post(b"Content-Length: 5") + b"hello")
+        << connects(HOST, PORT)
+        >> connected()
+        << upstream_receives(post_up(b"Content-Length: 5") + b"hello")
+        >> upstream_sends(OK)
+        << client_receives(head(b"HTTP/1.1 200 OK", b"X-Seen: 1", b"Content-Length: 5") + b"hello")
+        << pooled(1)
+    )
+    assert hooks(r).counters.hook_failures == {}
+
+
 def test_a_hook_may_not_turn_a_response_into_a_100():
     def response(flow: HTTPFlow) -> None:
         flow.response.status_code = 100  # type: ignore[union-attr]

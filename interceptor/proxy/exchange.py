@@ -36,6 +36,7 @@ from .headers import (
     max_forwards,
     passed_through,
     proxy_authorization,
+    reframed,
     with_length,
     with_max_forwards,
 )
@@ -210,14 +211,17 @@ class Exchange(ResponseSide):
             if hops is not None:
                 fields = with_max_forwards(fields, hops - 1)
         framing = self.head.framing
-        if body is not None:
-            if body or framing is not NO_BODY:
-                # The body we send is the one we have: its length frames it.
-                fields = with_length(fields, len(body))
+        if body is not None and (body or framing is not NO_BODY):
+            # The body we send is the one we have: its length frames it.
+            fields = with_length(fields, len(body))
         elif callable(req.stream) and framing is not NO_BODY:
             # A transform changes lengths: the request goes upstream in chunks.
             fields = [*with_length(fields, None), (b"Transfer-Encoding", b"chunked")]
             self.head.framing = CHUNKED
+        elif ctx.hooks.addons_loaded:
+            # The body streams as the client framed it, whatever a hook wrote in the head.
+            declared = content_length(self.head.headers) if framing is LENGTH else None
+            fields = reframed(fields, declared, framing is CHUNKED)
         head_bytes = http1.request_head(method.encode("ascii"), req._path, fields)
         self._request_bytes = head_bytes + body if body else head_bytes
         self._key = (req._scheme, req._host, req._port)

@@ -146,4 +146,27 @@ def with_length(headers: Headers, length: int | None) -> Headers:
     return out
 
 
+def reframed(headers: Headers, length: int | None, chunked: bool) -> Headers:
+    """`headers` saying what frames the body we send (`length`, or chunks, or neither):
+    `headers` themselves if they already do, else rebuilt as with_length does.
+
+    For heads an addon had in hand: a Content-Length or Transfer-Encoding it changed on a body
+    that streams past it would make the peer read the next message into this one (request
+    smuggling upstream, response splitting toward the client)."""
+    found = [
+        (name.lower(), value.strip().lower())
+        for name, value in headers
+        if len(name) in (14, 17) and name.lower() in _FRAMING
+    ]
+    expected = [(b"content-length", b"%d" % length)] if length is not None else []
+    if chunked:
+        expected.append((b"transfer-encoding", b"chunked"))
+    if found == expected:
+        return headers
+    out = with_length(headers, length)
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return out
+
+
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})

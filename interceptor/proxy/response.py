@@ -32,7 +32,7 @@ from .events import (
     Upgraded,
 )
 from .events import Headers as Fields
-from .headers import content_length, strip_hop_by_hop, with_length
+from .headers import content_length, reframed, strip_hop_by_hop, with_length
 from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
 from .states import MOVES, State, Step
@@ -67,6 +67,7 @@ class ResponseSide:
         "_tap",
         "_late",
         "_end_waits",
+        "_declared",
     )
     session: Session
     ctx: ProxyContext
@@ -94,6 +95,8 @@ class ResponseSide:
     _late: str
     # The response ended while pieces held for a hook still wait for the client to take them.
     _end_waits: bool
+    # The origin's Content-Length, kept while user addons hold the head (None: not kept).
+    _declared: int | None
 
     def _to(self, step: Step) -> None:
         self.state = MOVES[self.state][step]
@@ -256,6 +259,11 @@ class ResponseSide:
             headers.append((b"Via", via))
         self.in_framing = head.framing
         self.upstream_keep_alive = head.keep_alive
+        self._declared = (
+            content_length(head.headers)
+            if head.framing is LENGTH and ctx.hooks.addons_loaded
+            else None
+        )
         self.flow.response = Response(
             head.status, head.reason, Headers.wrap(headers), head.version, ctx.clock.seconds()
         )
@@ -382,6 +390,10 @@ class ResponseSide:
             fields = with_length(fields, None)
             framing = UNTIL_CLOSE
             self._tap = self._transform_piece
+        elif framing is not NO_BODY and self.ctx.hooks.addons_loaded:
+            # The body streams as the origin framed it, whatever a hook wrote in the head
+            # (chunks and close-delimited bodies are framed by client_response_head).
+            fields = reframed(fields, self._declared, False)
         data, self.out_framing, self.keep_alive = http1.client_response_head(
             resp._status, resp._reason, fields, framing, self.http10, self.keep_alive
         )
