@@ -219,7 +219,9 @@ class ProxyService(Service):
             )
             self._log_bridge = AddonLogBridge(scripts)
             self._log_bridge.install()
-            self.reactor.callWhenRunning(hooks.lifecycle, "running")
+            # From inside the running loop (callWhenRunning fires before the asyncio reactor's
+            # loop runs): an async `running` may await asyncio.
+            self.reactor.callLater(0, hooks.lifecycle, "running")
 
     def _access(self) -> Access:
         cfg = self.config.access

@@ -207,6 +207,7 @@ def test_a_script_that_imports_mitmproxy_stops_start_up_with_one_line(
 
 
 LIFECYCLE = """
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -221,7 +222,8 @@ def load(loader):
     MARKS.joinpath("load").write_text("1")
 
 
-def running():
+async def running():
+    await asyncio.sleep(0.01)  # mitmproxy's `running` may await asyncio too
     MARKS.joinpath("running").write_text("1")
 
 
