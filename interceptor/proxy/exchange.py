@@ -72,7 +72,7 @@ class Exchange(ResponseSide):
         self._buffer = None
         self._buffered = 0
         self._tap = None
-        self._late = ""
+        self._late_response = False
         self._end_waits = False
         self._late_request = False
         self.refusal: ProtocolError | None = None

@@ -65,7 +65,7 @@ class ResponseSide:
         "_buffer",
         "_buffered",
         "_tap",
-        "_late",
+        "_late_response",
         "_end_waits",
         "_declared",
     )
@@ -91,8 +91,8 @@ class ResponseSide:
     # What a response body piece goes through instead of straight to the client: the buffer,
     # or a hook's `stream` callable.
     _tap: Callable[[bytes], None] | None
-    # The `request` / `response` hook still owed to a message that streamed (content None).
-    _late: str
+    # The `response` hook is still owed to a response that streamed (content None).
+    _late_response: bool
     # The response ended while pieces held for a hook still wait for the client to take them.
     _end_waits: bool
     # The origin's Content-Length, kept while user addons hold the head (None: not kept).
@@ -279,7 +279,7 @@ class ResponseSide:
         elif not hooks.response_bodies:
             self._respond(resp, self.in_framing)
         elif resp.stream is not False:
-            self._late = "response"
+            self._late_response = True
             self._respond(resp, self.in_framing)
         elif self.in_framing is NO_BODY:
             resp._content = b""
@@ -312,7 +312,7 @@ class ResponseSide:
         self._tap = None
         resp = self.flow.response
         assert resp is not None
-        self._late = "response"
+        self._late_response = True
         self._respond(resp, self.in_framing)
         # What was held goes out as fast as the client takes it, not in one burst: written at
         # once, it would sit in Twisted's send buffer beside our own copy (twice the memory).
@@ -439,8 +439,14 @@ class ResponseSide:
             self._transform_piece(b"")
         if self.out_framing is CHUNKED:
             self.session.client.write(http1.LAST_CHUNK)
-        if self._late:
-            self._late_hook()
+        if self._late_response:
+            # A response that streamed still gets its `response` hook, without its body
+            # (mitmproxy's meaning of streaming); what the hook changes can no longer be sent.
+            self._late_response = False
+            resp = self.flow.response
+            if resp is not None:
+                resp.timestamp_end = self.ctx.clock.seconds()
+            self.ctx.hooks.run("response", self.flow)
         if self.request_complete:
             self._to(Step.COMPLETE)
             self._complete()
@@ -450,14 +456,6 @@ class ResponseSide:
         self.keep_alive = False
         self._to(Step.EARLY)
         self.session.end(Side.UPSTREAM, Ending.EARLY_RESPONSE)
-
-    def _late_hook(self) -> None:
-        # A message that streamed still gets its `request`/`response` hook, without its body
-        # (mitmproxy's meaning of streaming); what the hook changes can no longer be sent.
-        event, self._late = self._late, ""
-        if event == "response" and self.flow.response is not None:
-            self.flow.response.timestamp_end = self.ctx.clock.seconds()
-        self.ctx.hooks.run(event, self.flow)
 
     # -- hooks that take their time --------------------------------------------------------
 
