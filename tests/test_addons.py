@@ -7,6 +7,7 @@ path and awaits a Deferred and then asyncio in one hook, while other clients go 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import subprocess
 import textwrap
@@ -64,6 +65,17 @@ def demo(
 
 def _curl(proxy: ProxyProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
     return run_curl("-x", proxy.url, *args, timeout=TIMEOUT)
+
+
+@contextlib.contextmanager
+def curl_in_background(proxy: ProxyProcess, url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A curl fetching `url` through `proxy` while the test goes on; killed at the end."""
+    process = subprocess.Popen(["curl", "-q", "-s", "-x", proxy.url, url], stdout=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_the_demo_addon_loads_and_says_what_it_handles(demo: tuple[ProxyProcess, int]) -> None:
@@ -144,8 +156,7 @@ def test_a_slow_hook_delays_only_its_own_client(
     proxy, _ = demo
     slow_url = origin.route("/slow", respond(b"slow"))
     fast_url = origin.route("/fast", respond(b"fast"))
-    slow = subprocess.Popen(["curl", "-q", "-s", "-x", proxy.url, slow_url], stdout=subprocess.PIPE)
-    try:
+    with curl_in_background(proxy, slow_url) as slow:
         # The origin has answered /slow: its response hook now awaits a Deferred, then asyncio.
         wait_for(lambda: origin.requests_for("/slow") or None, TIMEOUT)
         fast = _curl(proxy, fast_url)
@@ -153,9 +164,6 @@ def test_a_slow_hook_delays_only_its_own_client(
         assert slow.poll() is None, "the slow hook should still be waiting"
         out, _ = slow.communicate(timeout=TIMEOUT)
         assert out == b"slow"
-    finally:
-        slow.kill()
-        slow.wait()
     # Both awaits completed inside the hook (a failure would have been logged and counted).
     assert "addon demo failed" not in proxy.log_text(), proxy.log_tail()
 
@@ -239,7 +247,11 @@ def http_connect(flow: http.HTTPFlow) -> None:
 @concurrent
 def request(flow: http.HTTPFlow) -> None:
     if flow.request.path == "/threaded":
-        time.sleep(0.5)  # in a thread: the reactor serves others meanwhile
+        # In a thread, until the test says so: the reactor serves others meanwhile.
+        logging.info("threaded request started")
+        deadline = time.monotonic() + 10
+        while not MARKS.joinpath("release").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         logging.info("threaded request done")
     if flow.request.path == "/kill":
         flow.kill()
@@ -281,19 +293,19 @@ def test_a_connect_refused_by_http_connect_gets_that_response(
 def test_a_concurrent_hook_runs_in_a_thread_and_str_headers_are_encoded(
     lifecycle: tuple[ProxyProcess, Path], origin: OriginServer
 ) -> None:
-    proxy, _ = lifecycle
+    proxy, marks = lifecycle
     slow_url = origin.route("/threaded", respond(b"threaded"))
     fast_url = origin.route("/other", respond(b"other"))
-    slow = subprocess.Popen(["curl", "-q", "-s", "-x", proxy.url, slow_url], stdout=subprocess.PIPE)
-    try:
-        wait_for(lambda: "threaded" in proxy.log_text() or slow.poll() is not None or None, 2)
+    with curl_in_background(proxy, slow_url) as slow:
+        # Its hook runs in a thread and holds until the test releases it: meanwhile another
+        # client's request goes through.
+        proxy.wait_for_log(r"addon lifecycle: threaded request started", timeout=TIMEOUT)
         fast = _curl(proxy, fast_url)
         assert fast.stdout == b"other"
+        assert slow.poll() is None, "the threaded hook should still be holding its request"
+        (marks / "release").write_text("1")
         out, _ = slow.communicate(timeout=TIMEOUT)
         assert out == b"threaded"
-    finally:
-        slow.kill()
-        slow.wait()
     (req,) = origin.requests_for("/other")
     assert req.header("X-Str") == "given as str"
     proxy.wait_for_log(r"addon lifecycle: threaded request done")
