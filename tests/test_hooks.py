@@ -115,3 +115,37 @@ def test_a_bad_addon_stops_start_up_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no_such_module_xyz:Thing" in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_any_awaitable_a_hook_returns_is_waited_for_and_a_failing_one_is_contained():
+    class Done:
+        """An awaitable that is not a coroutine (as an asyncio future or a library's is)."""
+
+        def __await__(self):
+            return iter(())
+
+    class Broken:
+        def __await__(self):
+            raise RuntimeError("cannot be awaited")
+
+    seen = []
+
+    class Returns:
+        def request(self, flow):
+            flow.request.headers["X-Done"] = "1"
+            return Done()
+
+    class Fails:
+        def request(self, flow):
+            return Broken()
+
+    class After:
+        def request(self, flow):
+            seen.append(flow.request.headers.get("X-Done"))
+
+    chain = HookChain([Returns(), Fails(), After()])
+    flow = make_flow()
+    result = chain.run("request", flow)
+    assert result is None or result.called  # nothing had to wait
+    assert seen == ["1"]
+    assert dict(chain.counters.hook_failures) == {("fails", "request"): 1}

@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -186,11 +186,11 @@ class HookChain:
                     result: Any = _in_thread(self.clock, fn, flow)
                 else:
                     result = fn(flow)
+                waiting = _awaitable(result)
             except Exception:
                 self._failed(name, event, flow, before, Failure())
                 continue
-            if result is not None and (isinstance(result, Deferred) or inspect.isawaitable(result)):
-                waiting = self._await(result)
+            if waiting is not None:
                 if waiting.called:
                     # A coroutine that never had to wait (Twisted ran it at once): as a plain
                     # hook, with no timer, no pause and no Deferred for the exchange.
@@ -245,19 +245,6 @@ class HookChain:
         done: Deferred[None],
     ) -> None:
         self._run_from(handlers, i, event, flow, done)
-
-    def _await(self, result: Any) -> Deferred[Any]:
-        if isinstance(result, Deferred):
-            d = result
-        elif inspect.iscoroutine(result):
-            loop = _running_loop()
-            if loop is None:
-                d = Deferred.fromCoroutine(result)  # Deferreds only: no asyncio loop runs
-            else:
-                d = Deferred.fromFuture(loop.create_task(_bridge(result, loop)))
-        else:
-            d = ensureDeferred(result)
-        return d
 
     def _settled(self, name: str, event: str, flow: HTTPFlow, before: _Snapshot) -> bool:
         """Check what the hook left; on a violation, restore and count it (False)."""
@@ -332,13 +319,12 @@ class HookChain:
         pending = []
         for name, fn, _ in self._by_event[event]:
             try:
-                result = fn(*args)
+                d = _awaitable(fn(*args))
             except Exception:
                 self.counters.hook_failures[(name, event)] += 1
                 _log.failure("addon {addon} failed in {event}", addon=name, event=event)
                 continue
-            if result is not None and inspect.isawaitable(result):
-                d = self._await(result)
+            if d is not None:
                 if self.clock is not None:
                     d.addTimeout(self.timeout, self.clock)
                 d.addErrback(self._lifecycle_failed, name, event)
@@ -364,6 +350,24 @@ def _in_thread(clock: Any, fn: Callable[[HTTPFlow], Any], flow: HTTPFlow) -> Def
 
     reactor: IReactorThreads = clock
     return deferToThreadPool(clock, reactor.getThreadPool(), fn, flow)
+
+
+def _awaitable(result: Any) -> Deferred[Any] | None:
+    """What a hook returned, as a Deferred if it is something to wait for (None if not)."""
+    if isinstance(result, Deferred):
+        return result
+    if result is None or not inspect.isawaitable(result):
+        return None
+    # Any other awaitable (an asyncio future, an object with __await__) goes the same way.
+    coro = result if inspect.iscoroutine(result) else _awaited(result)
+    loop = _running_loop()
+    if loop is None:
+        return Deferred.fromCoroutine(coro)  # Deferreds only: no asyncio loop runs
+    return Deferred.fromFuture(loop.create_task(_bridge(coro, loop)))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
