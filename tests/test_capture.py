@@ -83,6 +83,15 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> Non
     assert writer.dropped == 1
 
 
+def test_a_queue_full_of_bodies_drops_too_however_few_records(tmp_path: Path) -> None:
+    writer = Writer(str(tmp_path / "flows.db"), queue_bytes=3000)
+    writer.close()  # nothing takes records off the queue any more
+    assert writer.put(record(1, b"x" * 2000))
+    assert not writer.put(record(2, b"x" * 2000))  # 4000 bytes of bodies would be queued
+    assert writer.put(record(3))  # a record without a body still fits
+    assert writer.dropped == 1
+
+
 def test_the_oldest_flows_are_pruned_past_max_bytes(tmp_path: Path) -> None:
     path = tmp_path / "flows.db"
     writer = Writer(str(path), max_bytes=10_000, batch=1)

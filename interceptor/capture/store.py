@@ -105,9 +105,14 @@ class FlowRecord:
     timings: Mapping[str, float] = field(default_factory=dict)
     is_replay: str | None = None
 
+    @property
+    def body_bytes(self) -> int:
+        """The bytes of body this record carries."""
+        return len(self.request_body or b"") + len(self.response_body or b"")
+
     def row(self) -> tuple[Any, ...]:
         """The values for _INSERT, in _COLUMNS' order."""
-        stored = len(self.request_body or b"") + len(self.response_body or b"")
+        stored = self.body_bytes
         return (
             self.id, self.kind, self.started, self.ended, self.client, self.server, self.method,
             self.url, self.host, self.http_version, _json(self.request_headers),
@@ -168,15 +173,17 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 class Writer:
     """The writer thread and its bounded queue.
 
-    `put` never blocks: a full queue drops the record (`dropped` counts them). Records are
-    written in transactions of up to `batch` at a time; past `max_bytes` of stored bodies the
-    oldest flows are pruned.
+    `put` never blocks: a full queue drops the record (`dropped` counts them). Full means
+    `queue_size` records, or `queue_bytes` of their bodies: records carry bodies, so a count
+    alone would not bound the memory a slow disk can hold. Records are written in transactions
+    of up to `batch` at a time; past `max_bytes` of stored bodies the oldest flows are pruned.
     """
 
     def __init__(
         self,
         path: str,
         queue_size: int = 1000,
+        queue_bytes: int = 64 << 20,
         batch: int = 200,
         max_bytes: int = 1 << 30,
         on_error: Callable[[str], None] | None = None,
@@ -184,6 +191,9 @@ class Writer:
         self.path = path
         self.db = connect(path)  # in this thread: a bad path fails start-up with one line
         self.queue: queue.Queue[FlowRecord | None] = queue.Queue(maxsize=queue_size)
+        self.queue_bytes = queue_bytes
+        self._queued = 0  # body bytes in the queue (both threads change it: under _lock)
+        self._lock = threading.Lock()
         self.batch = batch
         self.max_bytes = max_bytes
         self.on_error = on_error or (lambda text: None)
@@ -196,10 +206,18 @@ class Writer:
 
     def put(self, record: FlowRecord) -> bool:
         """Queue a record for writing; False (and counted) if the queue is full."""
+        size = record.body_bytes
+        with self._lock:
+            if self._queued + size > self.queue_bytes:
+                self.dropped += 1
+                return False
+            self._queued += size
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1
+            with self._lock:
+                self._queued -= size
+                self.dropped += 1
             return False
         return True
 
@@ -241,6 +259,8 @@ class Writer:
 
     def _write(self, records: list[FlowRecord]) -> None:
         rows = [r.row() for r in records]
+        with self._lock:
+            self._queued -= sum(r.body_bytes for r in records)
         try:
             with self.db:
                 self.db.executemany(_INSERT, rows)
