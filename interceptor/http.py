@@ -232,6 +232,11 @@ class MultiDictView(MutableMapping[str, str]):
         return f"MultiDictView{self._get()!r}"
 
 
+def _pairs(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
+    """What a query, cookies or form setter was given, as (name, value) pairs."""
+    return list(value.items()) if isinstance(value, Mapping) else list(value)
+
+
 _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 _CHARSET = re.compile(rb"""<meta[^>]+charset=['"]?([^'">]+)""", re.IGNORECASE)
 
@@ -593,7 +598,7 @@ class Request(Message):
 
     @query.setter
     def query(self, value: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
-        self._set_query(list(value.items()) if isinstance(value, Mapping) else list(value))
+        self._set_query(_pairs(value))
 
     def _get_cookies(self) -> list[tuple[str, str]]:
         pairs = []
@@ -617,7 +622,7 @@ class Request(Message):
 
     @cookies.setter
     def cookies(self, value: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
-        self._set_cookies(list(value.items()) if isinstance(value, Mapping) else list(value))
+        self._set_cookies(_pairs(value))
 
     def _get_form(self) -> list[tuple[str, str]]:
         if "application/x-www-form-urlencoded" not in self.headers.get("content-type", "").lower():
@@ -639,7 +644,7 @@ class Request(Message):
 
     @urlencoded_form.setter
     def urlencoded_form(self, value: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
-        self._set_form(list(value.items()) if isinstance(value, Mapping) else list(value))
+        self._set_form(_pairs(value))
 
 
 def reason_for(status: int) -> str:
