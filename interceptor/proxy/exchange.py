@@ -10,6 +10,7 @@ answer, a retry, a record) in `after`.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
@@ -153,7 +154,7 @@ class Exchange(ResponseSide):
             self._overflow_request()
         else:
             self._to(Step.BUFFER)
-            self._buffer = []
+            self._buffer = deque()
             if not self.http10 and req.headers.get("expect", "").lower() == "100-continue":
                 # The origin cannot ask for a body held back for the hook: we do (as mitmproxy
                 # does), or the client waits for a 100 that never comes (curl: 1 s per upload).
@@ -368,7 +369,8 @@ class Exchange(ResponseSide):
             self.flow.bytes_in += len(data)
             self.ctx.counters.bytes_from_client += len(data)
             if self.state is State.BUFFERING:
-                self._buffer_piece(data)
+                if not self._hold(data):
+                    self._overflow_request(data)
                 return
             conn = self.upstream
             if conn is not None and self.state is not State.ANSWERED:
@@ -422,14 +424,6 @@ class Exchange(ResponseSide):
             if piece:
                 conn.write(http1.body_piece(piece, CHUNKED))
         return True
-
-    def _buffer_piece(self, data: bytes) -> None:
-        if self.ctx.hooks.take(self._buffered, len(data)):
-            self._buffered += len(data)
-            assert self._buffer is not None
-            self._buffer.append(data)
-        else:
-            self._overflow_request(data)
 
     # -- answers of our own ----------------------------------------------------------------
 

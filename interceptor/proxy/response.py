@@ -8,6 +8,7 @@ only through the TRANSITIONS table (states.py).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,7 @@ class ResponseSide:
     # While a hook runs: the upstream's events that arrived meanwhile (None: no hook runs).
     _held: list[ResponseEvent] | None
     # A body read whole for a request or response hook, and its size (budgeted).
-    _buffer: list[bytes] | None
+    _buffer: deque[bytes] | None
     _buffered: int
     # What a response body piece goes through instead of straight to the client: the buffer,
     # or a hook's `stream` callable.
@@ -289,15 +290,20 @@ class ResponseSide:
             self._overflow_response()
         else:
             self._to(Step.READ)
-            self._buffer = []
+            self._buffer = deque()
             self._tap = self._read_piece
 
+    def _hold(self, data: bytes) -> bool:
+        """Keep a piece of a body read whole for a hook; False if it is past the limits."""
+        if not self.ctx.hooks.take(self._buffered, len(data)):
+            return False
+        self._buffered += len(data)
+        assert self._buffer is not None
+        self._buffer.append(data)
+        return True
+
     def _read_piece(self, data: bytes) -> None:
-        if self.ctx.hooks.take(self._buffered, len(data)):
-            self._buffered += len(data)
-            assert self._buffer is not None
-            self._buffer.append(data)
-        else:
+        if not self._hold(data):
             self._overflow_response(data)
 
     def _overflow_response(self, data: bytes = b"") -> None:
@@ -307,7 +313,7 @@ class ResponseSide:
             self._release_buffer()
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, hooks.too_large("response"))
             return
-        pieces = self._buffer or []
+        pieces = self._buffer if self._buffer is not None else deque()
         self._buffer = None
         self._tap = None
         resp = self.flow.response
@@ -329,7 +335,7 @@ class ResponseSide:
             return
         session = self.session
         while pieces and not session.client_blocked:
-            piece = pieces.pop(0)
+            piece = pieces.popleft()
             if self._buffered:
                 n = min(len(piece), self._buffered)
                 self._buffered -= n
@@ -342,9 +348,9 @@ class ResponseSide:
                 self._end_waits = False
                 self._response_end()
 
-    def _release_buffer(self) -> list[bytes]:
+    def _release_buffer(self) -> deque[bytes]:
         """Give the buffered body's bytes back to the budget; returns its pieces."""
-        pieces = self._buffer or []
+        pieces = self._buffer if self._buffer is not None else deque()
         if self._buffered:
             self.ctx.hooks.give(self._buffered)
         self._buffer = None
