@@ -285,6 +285,8 @@ class Message:
     timestamp_start: float
     timestamp_end: float | None = None
     _version: str
+    # While capture is on, the first bytes of a body that streamed (proxy.bodytap.BodyTap).
+    tap: Any = None
 
     @property
     def http_version(self) -> str:

@@ -3,7 +3,8 @@
 Events have mitmproxy's names and order: `http_connect` (a CONNECT), `requestheaders`,
 `request` (the body is here if buffered), `responseheaders`, `response`, `error`; and the addon
 lifecycle `load(loader)`, `running()`, `done()`. `flow_end(flow)` is ours: every exchange ends
-there once, however it ended (the access log and capture listen to it).
+there once, however it ended (the access log and capture listen to it); so is `tunnel_end(flow)`,
+once the relay a passthrough CONNECT or a 101 opened is over (capture).
 
 A hook may return an awaitable (`async def`, a Deferred, or a sync hook marked
 `@concurrent`, which runs in a thread): the flow waits for it, up to `[hooks] timeout`, while
@@ -42,7 +43,9 @@ LIFECYCLE_EVENTS = ("load", "running", "done")
 # Ours, not mitmproxy's: the flow is over (access log, capture). Not contained like the rest:
 # only the proxy's own addons are expected here, and they change nothing.
 END_EVENT = "flow_end"
-EVENTS = FLOW_EVENTS + LIFECYCLE_EVENTS + (END_EVENT,)
+# Also ours: the relay a flow opened (passthrough CONNECT, 101) is over (capture).
+TUNNEL_EVENT = "tunnel_end"
+EVENTS = FLOW_EVENTS + LIFECYCLE_EVENTS + (END_EVENT, TUNNEL_EVENT)
 
 # (addon name, bound hook, trusted): the proxy's own addons are trusted, so they skip the
 # checks and the awaitable handling that every request would otherwise pay for (the CA page
@@ -89,6 +92,9 @@ class HookChain:
         # Which bodies are buffered: only those a `request` or `response` hook will read.
         self.request_bodies = False
         self.response_bodies = False
+        # Bytes of each streamed body copied for a trusted addon that sets `tap_bodies` (the
+        # capture: it stores them); 0, no copy is made.
+        self.tap_limit = 0
         for addon in addons:
             self.add(addon)
 
@@ -103,6 +109,8 @@ class HookChain:
         self.addons.append(addon)
         if not trusted:
             self.addons_loaded = True
+        else:
+            self.tap_limit = max(self.tap_limit, getattr(addon, "tap_bodies", 0))
         name = addon_name(addon)
         for event in EVENTS:
             fn = getattr(addon, event, None)
@@ -306,12 +314,21 @@ class HookChain:
         """The exchange is over, one way or another (access log, capture)."""
         if self.addons_loaded:
             flow.live = False  # (only addons can tell; most flows never get a __dict__)
-        for name, fn, _ in self._by_event[END_EVENT]:
+        self._tell(END_EVENT, flow)
+
+    def tunnel_end(self, flow: HTTPFlow) -> None:
+        """The relay a flow opened (a passthrough CONNECT, a 101) is over: its totals are in
+        `flow.bytes_in`/`bytes_out` (capture). The access log had the flow when it opened."""
+        self._tell(TUNNEL_EVENT, flow)
+
+    def _tell(self, event: str, flow: HTTPFlow) -> None:
+        # The proxy's own addons, told and not waited for: a failure is logged and counted.
+        for name, fn, _ in self._by_event[event]:
             try:
                 fn(flow)
             except Exception:
-                self.counters.hook_failures[(name, END_EVENT)] += 1
-                _log.failure("addon {addon} failed in flow_end", addon=name)
+                self.counters.hook_failures[(name, event)] += 1
+                _log.failure("addon {addon} failed in {event}", addon=name, event=event)
 
     def lifecycle(self, event: str, *args: Any) -> list[Deferred[Any]]:
         """Run `running` or `done` on every addon (no flow); failures are logged, never

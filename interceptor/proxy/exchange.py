@@ -19,6 +19,7 @@ from ..access import Refusal
 from ..hosts import format_authority
 from ..http import Error, Headers, HTTPFlow, Request
 from . import http1
+from .bodytap import BodyTap
 from .events import (
     CHUNKED,
     END,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 class Exchange(ResponseSide):
     """One request/response on a client connection (or one refused request)."""
 
-    __slots__ = ("refusal", "admitted", "_key", "_late_request")
+    __slots__ = ("refusal", "admitted", "_key", "_late_request", "_copy_in")
 
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
@@ -76,6 +77,8 @@ class Exchange(ResponseSide):
         self._late_response = False
         self._end_waits = False
         self._late_request = False
+        self._copy_in: BodyTap | None = None  # the request body's copy for capture
+        self._copy_out = None
         self.refusal: ProtocolError | None = None
         self.admitted = False  # [access] let this request through
         if isinstance(head, ProtocolError):
@@ -223,6 +226,8 @@ class Exchange(ResponseSide):
             # The body streams as the client framed it, whatever a hook wrote in the head.
             declared = content_length(self.head.headers) if framing is LENGTH else None
             fields = reframed(fields, declared, framing is CHUNKED)
+        if body is None and framing is not NO_BODY and ctx.hooks.tap_limit:
+            req.tap = self._copy_in = BodyTap(ctx.hooks.tap_limit)
         head_bytes = http1.request_head(method.encode("ascii"), req._path, fields)
         self._request_bytes = head_bytes + body if body else head_bytes
         self._key = (req._scheme, req._host, req._port)
@@ -379,6 +384,8 @@ class Exchange(ResponseSide):
                     self._send_transformed(conn, req.stream, data)
                     return
                 conn.write(http1.body_piece(data, self.head.framing))
+                if self._copy_in is not None:
+                    self._copy_in.keep(data)
         elif event is END:
             self.request_complete = True
             req = self.flow.request
@@ -423,6 +430,8 @@ class Exchange(ResponseSide):
         for piece in pieces:
             if piece:
                 conn.write(http1.body_piece(piece, CHUNKED))
+                if self._copy_in is not None:
+                    self._copy_in.keep(piece)
         return True
 
     # -- answers of our own ----------------------------------------------------------------

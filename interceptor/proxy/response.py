@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from ..http import Headers, HTTPFlow, Response
 from . import http1
+from .bodytap import BodyTap
 from .context import ProxyContext
 from .events import (
     CHUNKED,
@@ -69,6 +70,7 @@ class ResponseSide:
         "_late_response",
         "_end_waits",
         "_declared",
+        "_copy_out",
     )
     session: Session
     ctx: ProxyContext
@@ -98,6 +100,8 @@ class ResponseSide:
     _end_waits: bool
     # The origin's Content-Length, kept while user addons hold the head (None: not kept).
     _declared: int | None
+    # A response body that streams, copied up to [capture] body_limit (None: capture is off).
+    _copy_out: BodyTap | None
 
     def _to(self, step: Step) -> None:
         self.state = MOVES[self.state][step]
@@ -183,7 +187,7 @@ class ResponseSide:
         assert req is not None  # a CONNECT's target was parsed before it came here
         self.flow.status = 200
         self.upgrade()
-        self.session.intercept(req.host, req.port, conn, certificate)
+        self.session.intercept(req.host, req.port, conn, certificate, self.flow)
 
     @property
     def gone(self) -> bool:
@@ -198,7 +202,7 @@ class ResponseSide:
         self.flow.status = 200
         self.upgrade()
         self.session.client.write(http1.CONNECT_ESTABLISHED)
-        self.session.relay(leg)
+        self.session.relay(leg, self.flow)
 
     def _reached_ourselves(self, leg: Leg) -> bool:
         """Refuse a CONNECT whose connection led back to this proxy (see Exchange)."""
@@ -227,6 +231,8 @@ class ResponseSide:
                     self.flow.bytes_out += len(data)
                     self.ctx.counters.bytes_to_client += len(data)
                     client.write(http1.body_piece(data, self.out_framing))
+                    if self._copy_out is not None:
+                        self._copy_out.keep(data)
                     continue  # the common case: the connection stays ours
                 self._tap(event)
             elif type(event) is ResponseHead:
@@ -400,6 +406,8 @@ class ResponseSide:
             # The body streams as the origin framed it, whatever a hook wrote in the head
             # (chunks and close-delimited bodies are framed by client_response_head).
             fields = reframed(fields, self._declared, False)
+        if body is None and framing is not NO_BODY and self.ctx.hooks.tap_limit:
+            resp.tap = self._copy_out = BodyTap(self.ctx.hooks.tap_limit)
         data, self.out_framing, self.keep_alive = http1.client_response_head(
             resp._status, resp._reason, fields, framing, self.http10, self.keep_alive
         )
@@ -413,6 +421,8 @@ class ResponseSide:
         self.flow.bytes_out += len(data)
         self.ctx.counters.bytes_to_client += len(data)
         self.session.client.write(http1.body_piece(data, self.out_framing))
+        if self._copy_out is not None:
+            self._copy_out.keep(data)
 
     def _transform_piece(self, data: bytes) -> None:
         resp = self.flow.response
@@ -512,7 +522,7 @@ class ResponseSide:
         self.session.client.write(http1.switching_protocols(head))
         self._detach()
         self.upgrade()
-        self.session.relay(conn)
+        self.session.relay(conn, self.flow)
 
     def upgrade(self) -> None:
         """The connection became a tunnel (101, or CONNECT): this exchange is over."""

@@ -69,6 +69,7 @@ class Session:
         self._origin: UpstreamConnection | None = None
         self._hello = b""
         self._certificate: object | None = None
+        self._connect_flow: HTTPFlow | None = None  # that CONNECT's, should it become a relay
         self._paused_queue = False  # too many events queued: stop reading the client
         self._paused_upstream = False  # the upstream's send buffer is full: likewise
         self._paused_hook = False  # a hook takes its time: likewise
@@ -292,15 +293,22 @@ class Session:
     # -- CONNECT and tunnels ---------------------------------------------------------------
 
     def intercept(
-        self, host: str, port: int, origin: UpstreamConnection | None, certificate: object | None
+        self,
+        host: str,
+        port: int,
+        origin: UpstreamConnection | None,
+        certificate: object | None,
+        flow: HTTPFlow | None = None,
     ) -> None:
         """An intercepted CONNECT: answer 200, then read what the client sends inside. Its
         first bytes say what: TLS (terminated here), plain HTTP, or anything else (relayed).
 
         `origin`: a TCP connection to it (eager connects), used for whichever that is; TLS to
         the origin runs before the client's, so the leaf copies the origin certificate's names.
-        `certificate`: those names' source when it is known already (a pooled connection)."""
+        `certificate`: those names' source when it is known already (a pooled connection).
+        `flow`: the CONNECT's, recorded again with its totals if the tunnel becomes a relay."""
         leftover = self._take_tunnel_bytes()
+        self._connect_flow = flow
         self.exchanges.clear()
         self.client.write(http1.CONNECT_ESTABLISHED)
         self.intercepted = ("https", host, port)
@@ -336,7 +344,7 @@ class Session:
             self.events.append(TunnelData(data))
             if origin is not None:
                 self._origin = origin.owner = None
-                self.relay(origin)
+                self.relay(origin, self._connect_flow)
             elif self.ctx.tunnel_connect is None:
                 carry_out(Side.UPSTREAM, Ending.UNREACHABLE, Phase.TUNNEL, None, self.client)
             else:
@@ -385,7 +393,7 @@ class Session:
 
     def tunnel_connected(self, leg: TunnelUpstream) -> None:
         """The origin is connected: relay the bytes held so far, and all that follow."""
-        self.relay(leg)
+        self.relay(leg, self._connect_flow)
 
     def tunnel_failed(self, reason: Failure) -> None:
         """The origin could not be reached; the client had its 200 already: it is cut."""
@@ -401,9 +409,14 @@ class Session:
                 data = event.data
         return data
 
-    def relay(self, leg: UpstreamConnection | TunnelUpstream) -> None:
-        """From now on relay both directions opaquely (after a 101, or a passthrough 200)."""
-        self.tunnel = tunnel = Tunnel(self.client, leg, self.ctx.clock, self.ctx.half_close_timeout)
+    def relay(self, leg: UpstreamConnection | TunnelUpstream, flow: HTTPFlow | None) -> None:
+        """From now on relay both directions opaquely (after a 101, or a passthrough 200);
+        `flow`, the one that opened it, is recorded again when the relay is over."""
+        ctx = self.ctx
+        self._connect_flow = None
+        self.tunnel = tunnel = Tunnel(
+            self.client, leg, ctx.clock, ctx.half_close_timeout, flow, ctx.hooks.tunnel_end
+        )
         leg.relay_to(tunnel)
         leftover = self._take_tunnel_bytes()
         self.events.clear()

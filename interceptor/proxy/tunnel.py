@@ -9,13 +9,14 @@ table's TUNNEL rows, carried out by `leg.end`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..http import Error, HTTPFlow
 from ..process import Counters, SocketRegistry
 from .context import TunnelOwner
 from .leg import BufferSignal, Leg, end
@@ -24,22 +25,41 @@ from .upstream import OneShotFactory, client_endpoint
 
 
 class Tunnel:
-    """The relay between a client leg and an upstream leg."""
+    """The relay between a client leg and an upstream leg.
 
-    def __init__(self, client: Leg, upstream: Leg, clock: IReactorTime, bound: float) -> None:
+    `flow`: the CONNECT (or the request answered 101) that opened it; when the tunnel is over,
+    it carries the bytes each way (`bytes_in` from the client, `bytes_out` to it), and the
+    ending if it was not an orderly one, to `done` (the capture records it)."""
+
+    def __init__(
+        self,
+        client: Leg,
+        upstream: Leg,
+        clock: IReactorTime,
+        bound: float,
+        flow: HTTPFlow | None = None,
+        done: Callable[[HTTPFlow], None] | None = None,
+    ) -> None:
         self.client = client
         self.upstream = upstream
         self.clock = clock
         self.bound = bound
+        self.flow = flow
+        self.done = done
+        self.bytes_up = 0
+        self.bytes_down = 0
         self._eof: set[Side] = set()  # directions whose sender has half-closed
         self._timer: IDelayedCall | None = None
+        self._over = False
 
     def from_client(self, data: bytes) -> None:
         """Client bytes go to the upstream."""
+        self.bytes_up += len(data)
         self.upstream.write(data)
 
     def from_upstream(self, data: bytes) -> None:
         """Upstream bytes go to the client."""
+        self.bytes_down += len(data)
         self.client.write(data)
 
     def client_write_blocked(self) -> None:
@@ -68,15 +88,32 @@ class Tunnel:
         action = end(side, ending, Phase.TUNNEL, this, peer)
         if action is not Action.RELAY_HALF_CLOSE:
             self._cancel_timer()
+            self._finish(side, ending)
         elif len(self._eof) == 2:
             self._cancel_timer()
             end(side, Ending.DONE, Phase.TUNNEL, this, peer)
+            self._finish(side, Ending.DONE)
         elif self._timer is None:
             self._timer = self.clock.callLater(self.bound, self._expired)
 
     def _expired(self) -> None:
         self._timer = None
         end(Side.CLIENT, Ending.TIMED_OUT, Phase.TUNNEL, self.client, self.upstream)
+        self._finish(Side.CLIENT, Ending.TIMED_OUT)
+
+    def _finish(self, side: Side, ending: Ending) -> None:
+        """Both legs are ending: the opening flow gets its totals, once."""
+        if self._over:
+            return
+        self._over = True
+        flow = self.flow
+        if flow is None or self.done is None:
+            return
+        flow.bytes_in = self.bytes_up
+        flow.bytes_out = self.bytes_down
+        if ending is not Ending.CLEAN and ending is not Ending.DONE and flow.error is None:
+            flow.error = Error(f"tunnel ended: {side.value} {ending.value}", self.clock.seconds())
+        self.done(flow)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -98,9 +98,15 @@ class UpstreamConnection(Leg):
         self.reading_paused = False
         self._last_activity = 0.0
         self._read_timer: IDelayedCall | None = None
+        # When the connect began, TCP was up and TLS verified (mitmproxy's names; capture's
+        # timings). None: not yet, or never.
+        self.timestamp_start = pool.clock.seconds()
+        self.timestamp_tcp_setup: float | None = None
+        self.timestamp_tls_setup: float | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.timestamp_tcp_setup = self.clock.seconds()
         assert self.stream is not None  # makeConnection set it
         self.stream.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
         if not self.tls:
@@ -126,6 +132,7 @@ class UpstreamConnection(Leg):
 
     def handshakeCompleted(self) -> None:
         # Twisted verified chain and name before calling this; only now may bytes flow.
+        self.timestamp_tls_setup = self.clock.seconds()
         self._ready()
 
     def _buffer_full(self) -> None:
