@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -20,11 +21,18 @@ from interceptor.capture.store import (
     read_flows,
 )
 from tests.support import (
+    OriginConnection,
+    OriginRequest,
     OriginServer,
     ProxyProcess,
+    RawConnection,
+    echo,
     failed_start,
     free_port,
+    request_bytes,
     respond,
+    respond_chunked,
+    response_head,
     run_curl,
     wait_for,
 )
@@ -172,6 +180,124 @@ def test_redacted_headers_are_stored_as_redacted(
     proxy.popen.terminate()
     assert proxy.popen.wait(timeout=TIMEOUT) == 0
     assert [r["url"] for r in rows(store)] == [url]
+
+
+def stored_rows(store: Path, n: int) -> list[sqlite3.Row]:
+    """The first `n` flows once the writer has stored them."""
+    return wait_for(lambda: (found := rows(store)) and len(found) >= n and found or None, TIMEOUT)
+
+
+def test_streamed_bodies_are_copied_up_to_the_body_limit(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    """No addon buffers anything: what is stored is copied as the bodies stream, both ways,
+    chunked or not; past [capture] body_limit the copy is cut and marked, its size kept."""
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(
+        env={"INTERCEPTOR_CAPTURE_STORE": str(store), "INTERCEPTOR_CAPTURE_BODY_LIMIT": "64 KiB"}
+    )
+    small = bytes(range(256)) * 20
+    big = b"b" * 300_000
+    origin.route("/small", respond(small))
+    origin.route("/big", respond_chunked([big[:100_000], big[100_000:]]))
+    origin.route("/upload", echo())
+    assert run_curl("-x", proxy.url, origin.url("/small")).stdout == small
+    assert run_curl("-x", proxy.url, origin.url("/big")).stdout == big
+    upload = b"u" * 50_000
+    posted = run_curl("-x", proxy.url, "--data-binary", "@-", origin.url("/upload"), input=upload)
+    assert posted.stdout == upload
+    got_small, got_big, got_upload = stored_rows(store, 3)
+    assert (got_small["response_body"], got_small["response_cut"]) == (small, 0)
+    assert got_big["response_body"] == big[: 64 * 1024] and got_big["response_cut"] == 1
+    assert got_big["response_size"] == len(big)
+    assert got_upload["request_body"] == upload and got_upload["request_cut"] == 0
+    assert got_upload["response_body"] == upload
+
+
+def test_a_passthrough_tunnel_is_one_flow_with_its_bytes_each_way(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(
+        '[tls]\npassthrough = ["127.0.0.1"]\n', env={"INTERCEPTOR_CAPTURE_STORE": str(store)}
+    )
+    origin.route("/inside", respond(b"x" * 1000))
+    with RawConnection(proxy.port) as conn:
+        conn.send(
+            f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
+        )
+        assert conn.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+        sent = f"GET /inside HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
+        conn.send(sent)
+        assert conn.read_response().body == b"x" * 1000
+        assert rows(store) == []  # recorded when it is over, with its totals
+    (row,) = stored_rows(store, 1)
+    assert (row["kind"], row["method"], row["url"]) == ("passthrough", "CONNECT", origin.authority)
+    assert row["request_size"] == len(sent)
+    assert 1000 < row["response_size"] < 1200  # the body and the inner response's head
+    assert row["ended"] >= row["started"]
+
+
+def switch_and_echo(req: OriginRequest, out: OriginConnection) -> None:
+    """Switch protocols, then echo what arrives until the client half-closes."""
+    out.send(response_head(101, [("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+    for _ in range(100):  # bounded
+        data = out.sock.recv(65536)
+        if not data:
+            break
+        out.send(data)
+    out.close()
+
+
+def test_a_websocket_relay_is_one_flow_with_its_heads_and_bytes(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(env={"INTERCEPTOR_CAPTURE_STORE": str(store)})
+    origin.route("/chat", switch_and_echo)
+    headers = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    with RawConnection(proxy.port) as conn:
+        conn.send(request_bytes("GET", origin.url("/chat"), headers))
+        assert conn.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+        conn.send(b"\x81\x05hello")
+        assert conn.read_available(7) == b"\x81\x05hello"
+        conn.shutdown_write()
+        assert conn.wait_closed()
+    (row,) = stored_rows(store, 1)
+    assert (row["kind"], row["status"], row["url"]) == ("websocket", 101, origin.url("/chat"))
+    assert (row["request_size"], row["response_size"]) == (7, 7)
+    assert '["Upgrade","websocket"]' in row["request_headers"]
+
+
+def test_a_replay_is_marked_and_its_mark_goes_no_further(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(env={"INTERCEPTOR_CAPTURE_STORE": str(store)})
+    origin.route("/again", respond(b"ok"))
+    run_curl("-x", proxy.url, "-H", "X-Interceptor-Replay: 1234", origin.url("/again"))
+    run_curl("-x", proxy.url, origin.url("/again"))
+    replay, plain = stored_rows(store, 2)
+    assert replay["is_replay"] == "request" and plain["is_replay"] is None
+    assert "X-Interceptor-Replay" not in replay["request_headers"]
+    assert [r.header("x-interceptor-replay") for r in origin.requests] == [None, None]
+
+
+def test_timings_name_the_connect_of_the_flow_that_made_it(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    store = tmp_path / "flows.db"
+    proxy = proxy_factory(env={"INTERCEPTOR_CAPTURE_STORE": str(store)})
+    origin.route("/t", respond(b"ok"))
+    with RawConnection(proxy.port) as conn:  # one client connection: the second reuses
+        for _ in range(2):
+            conn.send(request_bytes("GET", origin.url("/t")))
+            assert conn.read_response().status == 200
+    first, second = (json.loads(r["timings"]) for r in stored_rows(store, 2))
+    assert first["start"] <= first["tcp_start"] <= first["tcp_done"] <= first["response_start"]
+    assert first["response_start"] <= first["end"]
+    assert "tcp_start" not in second and "tls_done" not in first
+    assert second["start"] <= second["request_end"] <= second["response_start"] <= second["end"]
 
 
 FLOWS = [

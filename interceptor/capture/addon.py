@@ -1,8 +1,13 @@
 """Capture as an addon: every finished flow becomes a FlowRecord for the store's writer thread.
 
-It listens to `flow_end` only, so it never holds up an exchange and never makes a body be
-buffered. What it stores of bodies is what the proxy held anyway (for a request/response
-hook), cut to `[capture] body_limit`; taps on streamed bodies come next.
+It listens to the proxy's own events `flow_end` (an exchange is over) and `tunnel_end` (a
+passthrough tunnel or a WebSocket relay is over), so it never holds up an exchange and never
+makes a body be buffered. Bodies are what was sent on: the whole body when the proxy held it
+for a request/response hook, else the first `[capture] body_limit` bytes copied as it streamed
+(`tap_bodies` asks the exchange for that copy), cut and marked beyond the limit.
+
+A request carrying `X-Interceptor-Replay` (as `interceptor flows replay` sends) is a replay: the
+header goes no further, and the flow is stored with `is_replay = "request"`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..http import HTTPFlow, Message
 from .store import FlowRecord, Writer
 
 REDACTED = "<redacted>"
+REPLAY_HEADER = "x-interceptor-replay"
 
 
 class Capture:
@@ -35,12 +41,30 @@ class Capture:
         self.writer = writer
         self.clock = clock
         self.body_limit = body_limit
+        self.tap_bodies = body_limit  # the exchange copies this much of each streamed body
         self.include = HostPatterns(tuple(include))
         self.exclude = HostPatterns(tuple(exclude))
         self.redact = frozenset(name.lower() for name in redact)
 
+    def requestheaders(self, flow: HTTPFlow) -> None:
+        """A replay is marked, and its mark taken off before it goes upstream."""
+        req = flow.request
+        if req is not None and REPLAY_HEADER in req.headers:
+            del req.headers[REPLAY_HEADER]
+            flow.is_replay = "request"
+
     def flow_end(self, flow: HTTPFlow) -> None:
-        """Record one finished flow."""
+        """Record one finished exchange (a tunnel it opened is recorded when it is over)."""
+        status = flow.status
+        if status == 101 or (status == 200 and flow.raw and flow.raw[0] == b"CONNECT"):
+            return  # tunnel_end has it, with its bytes (an intercepted CONNECT: its requests)
+        self._put(flow, None)
+
+    def tunnel_end(self, flow: HTTPFlow) -> None:
+        """Record a passthrough tunnel or a WebSocket relay, with the bytes each way."""
+        self._put(flow, "websocket" if flow.status == 101 else "passthrough")
+
+    def _put(self, flow: HTTPFlow, kind: str | None) -> None:
         req = flow.request
         host = req.host if req is not None else None
         if host is not None:
@@ -48,7 +72,10 @@ class Capture:
                 return
             if self.exclude and self.exclude.matches(host):
                 return
-        self.writer.put(self.record(flow))
+        rec = self.record(flow)
+        if kind is not None:
+            rec.kind = kind
+        self.writer.put(rec)
 
     def record(self, flow: HTTPFlow) -> FlowRecord:
         """What is stored of `flow` (heads as strings, bodies cut, timings)."""
@@ -83,13 +110,22 @@ class Capture:
                 rec.kind = "connect"
             elif client.tls_established:
                 rec.kind = "intercepted"
-        server = flow._server_leg
-        if server is not None:
+        leg = flow._server_leg
+        if leg is not None:
             conn = flow.server_conn
             peer = conn.peername
             rec.server = f"{peer[0]}:{peer[1]}" if peer else None
             if conn.tls_established:
                 rec.server_tls = _tls(conn)
+            opened = getattr(leg, "timestamp_start", None)
+            if opened is not None and opened >= flow.timestamp_created and leg.requests <= 1:
+                # This flow opened the connection: its connect and handshake are its own.
+                timings["tcp_start"] = opened
+                for key, name in (("tcp_done", "timestamp_tcp_setup"),
+                                  ("tls_done", "timestamp_tls_setup")):  # fmt: skip
+                    stamp = getattr(leg, name)
+                    if stamp is not None:
+                        timings[key] = stamp
         if resp is not None:
             rec.reason = resp.reason
             rec.response_headers = self._heads(resp)
@@ -109,7 +145,8 @@ class Capture:
     def _body(self, message: Message) -> tuple[bytes | None, bool]:
         raw = message.raw_content
         if raw is None:
-            return None, False
+            tap = message.tap
+            return (tap.content(), tap.cut) if tap is not None else (None, False)
         if len(raw) > self.body_limit:
             return raw[: self.body_limit], True
         return raw, False

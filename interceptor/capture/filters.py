@@ -8,7 +8,7 @@ it. Terms:
     method:NAME      GET, POST, ... (any case)
     status:SPEC      200, 5xx, 400-499, or `none` (the client got no response)
     url:TEXT         the URL contains TEXT
-    kind:KIND        http, intercepted, connect, passthrough
+    kind:KIND        http, intercepted, connect, passthrough, websocket
     client:TEXT      the client's address contains TEXT
     error            the flow has an error;  `!error` it has none
 
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 _TERMS = "host:, method:, status:, url:, kind:, client:, error"
-_KINDS = frozenset({"http", "intercepted", "connect", "passthrough"})
+_KINDS = frozenset({"http", "intercepted", "connect", "passthrough", "websocket"})
 _STATUS_CLASS = re.compile(r"([1-5])xx", re.IGNORECASE)
 _STATUS_RANGE = re.compile(r"(\d{3})-(\d{3})")
 
