@@ -2,6 +2,7 @@
 
     interceptor flows list STORE [STORE...] [--filter EXPR] [--limit N]
     interceptor flows show STORE ID
+    interceptor flows har STORE [STORE...] [--filter EXPR] [-o FILE]
 
 Stores are opened read-only, so the proxy may keep writing meanwhile. Several stores (one per
 replica of a fleet) are merged by the time their flows started. Errors are one line on stderr
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .capture.filters import FilterError
+from .capture.har import write_har, write_har_file
 from .capture.rows import (
     FlowNotFound,
     as_text,
@@ -41,6 +43,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _list(args.store, args.limit, args.filter, out)
         elif args.command == "flows" and args.action == "show":
             _show(args.store, args.id, out)
+        elif args.command == "flows" and args.action == "har":
+            _har(args.store, args.filter, args.output, out)
         else:
             parser.print_help(sys.stderr)
             return 2
@@ -51,6 +55,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 0  # `interceptor flows list | head`: the reader has what it wanted
     except sqlite3.Error as e:
         sys.stderr.write(f"interceptor: reading the store failed: {e}\n")
+        return 2
+    except OSError as e:  # writing `-o FILE`
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"interceptor: {where}{e.strerror or e}\n")
         return 2
     return 0
 
@@ -76,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     show = actions.add_parser("show", help="one flow's heads and bodies")
     show.add_argument("store", help="the store's path")
     show.add_argument("id", help="the flow id (as `list` prints it; a unique prefix will do)")
+    har = actions.add_parser("har", help="export flows as a HAR 1.2 log, oldest first")
+    har.add_argument("store", nargs="+", help=stores)
+    har.add_argument("--filter", default="", help=_FILTER_HELP)
+    har.add_argument(
+        "-o", "--output", default=None, help="write to FILE (mode 0600) instead of stdout"
+    )
     return parser
 
 
@@ -89,6 +103,15 @@ def _list(paths: Sequence[str], limit: int | None, expression: str, out: TextIO)
                 f"{row['id']} {iso_time(row['started'])} {row['client']} {method} {url} "
                 f"{row['status']} {row['response_size']} {duration:.4f}s\n"
             )
+
+
+def _har(paths: Sequence[str], expression: str, output: str | None, out: TextIO) -> None:
+    with open_stores(paths) as dbs:
+        rows = merge_flows(dbs, None, expression)  # a bad filter fails here, before any output
+        if output is None:
+            write_har(rows, out)
+        else:
+            write_har_file(rows, output)
 
 
 def _show(path: str, flow_id: str, out: TextIO) -> None:
