@@ -3,10 +3,12 @@
     interceptor flows list STORE [STORE...] [--filter EXPR] [--limit N]
     interceptor flows show STORE ID
     interceptor flows har STORE [STORE...] [--filter EXPR] [-o FILE]
+    interceptor flows replay STORE ID [--proxy URL] [--cacert FILE] [--timeout SECONDS]
 
 Stores are opened read-only, so the proxy may keep writing meanwhile. Several stores (one per
 replica of a fleet) are merged by the time their flows started. Errors are one line on stderr
-with exit status 2 (a missing store, an unknown id), as for the proxy's own config.
+with exit status 2 (a missing store, an unknown id), as for the proxy's own config; a replay
+whose connection fails exits with 1.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TextIO
 
 from .capture.filters import FilterError
 from .capture.har import write_har, write_har_file
+from .capture.replay import ReplayError, replay, request_of
 from .capture.rows import (
     FlowNotFound,
     as_text,
@@ -45,12 +48,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _show(args.store, args.id, out)
         elif args.command == "flows" and args.action == "har":
             _har(args.store, args.filter, args.output, out)
+        elif args.command == "flows" and args.action == "replay":
+            _replay(args.store, args.id, args.proxy, args.cacert, args.timeout, out)
         else:
             parser.print_help(sys.stderr)
             return 2
     except (StoreError, FlowNotFound, FilterError) as e:
         sys.stderr.write(f"interceptor: {e}\n")
         return 2
+    except ReplayError as e:
+        sys.stderr.write(f"interceptor: {e}\n")
+        return e.status
     except BrokenPipeError:
         return 0  # `interceptor flows list | head`: the reader has what it wanted
     except sqlite3.Error as e:
@@ -90,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     har.add_argument(
         "-o", "--output", default=None, help="write to FILE (mode 0600) instead of stdout"
     )
+    again = actions.add_parser("replay", help="send a captured request again")
+    again.add_argument("store", help="the store's path")
+    again.add_argument("id", help="the flow id (a unique prefix will do)")
+    again.add_argument("--proxy", default=None, help="through this proxy: http://host:port")
+    again.add_argument(
+        "--cacert", default=None, help="verify TLS with this CA file (default: the system's)"
+    )
+    again.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     return parser
 
 
@@ -112,6 +128,16 @@ def _har(paths: Sequence[str], expression: str, output: str | None, out: TextIO)
             write_har(rows, out)
         else:
             write_har_file(rows, output)
+
+
+def _replay(
+    path: str, flow_id: str, proxy: str | None, cacert: str | None, timeout: float, out: TextIO
+) -> None:
+    outcome = replay(request_of(find_flow(path, flow_id)), proxy, cacert, timeout)
+    out.write(f"{outcome.status_line}\n")
+    out.write(
+        f"{outcome.headers} headers, {outcome.body_bytes} body bytes, {outcome.elapsed_ms:.1f} ms\n"
+    )
 
 
 def _show(path: str, flow_id: str, out: TextIO) -> None:
