@@ -14,6 +14,7 @@ whose connection fails exits with 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import sys
@@ -110,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(paths: Sequence[str], limit: int | None, expression: str, out: TextIO) -> None:
-    with open_stores(paths) as dbs:
-        for row in merge_flows(dbs, limit, expression):
+    with open_stores(paths) as dbs, contextlib.closing(merge_flows(dbs, limit, expression)) as rows:
+        for row in rows:
             duration = row["ended"] - row["started"]
             url = row["url"] or "-"
             method = row["method"] or "-"
@@ -122,8 +123,8 @@ def _list(paths: Sequence[str], limit: int | None, expression: str, out: TextIO)
 
 
 def _har(paths: Sequence[str], expression: str, output: str | None, out: TextIO) -> None:
-    with open_stores(paths) as dbs:
-        rows = merge_flows(dbs, None, expression)  # a bad filter fails here, before any output
+    # A bad filter fails in merge_flows, before any output.
+    with open_stores(paths) as dbs, contextlib.closing(merge_flows(dbs, None, expression)) as rows:
         if output is None:
             write_har(rows, out)
         else:

@@ -22,7 +22,7 @@ import pytest
 from interceptor.capture.har import write_har, write_har_file
 from interceptor.capture.store import FlowRecord, Writer, connect, read_flows
 from tests.support import OriginServer, ProxyProcess, respond, run_curl, wait_for
-from tests.test_cli import interceptor
+from tests.test_cli import COMMAND, interceptor
 
 TIMEOUT = 20.0
 T0 = 1_700_000_000.0
@@ -375,3 +375,26 @@ def test_memory_does_not_grow_with_the_number_of_flows(tmp_path: Path) -> None:
     # Kept entries would be over 10 MB more for the large store; streamed, the peak is one
     # entry and the cursor's page cache either way.
     assert large < small + 1_000_000, (small, large)
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path: Path) -> None:
+    text = [("Content-Type", "text/plain")]
+    store = write_store(
+        tmp_path / "many.db",
+        [
+            FlowRecord(
+                id=f"f{i}", kind="http", started=T0 + i, ended=T0 + i, client="c:1",
+                method="GET", url=f"http://a.test/{i}", status=200, response_headers=text,
+                response_body=b"y" * 500, response_size=500,
+            )
+            for i in range(3000)
+        ],
+    )  # fmt: skip
+    export = subprocess.Popen(
+        [str(COMMAND), "flows", "har", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert export.stdout is not None and export.stderr is not None
+    assert export.stdout.read(100).startswith(b'{"log"')  # as `| head -c 100` would
+    export.stdout.close()
+    assert export.wait(TIMEOUT) == 0
+    assert export.stderr.read() == b""

@@ -16,7 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,10 +310,17 @@ def read_flows(
 
 def merge_flows(
     dbs: Sequence[sqlite3.Connection], limit: int | None = None, expression: str = ""
-) -> Iterator[sqlite3.Row]:
+) -> Generator[sqlite3.Row, None, None]:
     """`read_flows` over several stores (one per proxy replica), merged by `started`.
 
     One cursor per store and one row from each held at a time, so memory does not grow with
-    the number of flows. FilterError at once, as `read_flows`."""
+    the number of flows. FilterError at once, as `read_flows`. Close the generator before the
+    stores: closing it closes their cursors."""
     cursors = [read_flows(db, limit, expression) for db in dbs]
-    return itertools.islice(heapq.merge(*cursors, key=lambda row: row["started"]), limit)
+    return _merged(cursors, limit)
+
+
+def _merged(
+    cursors: list[Iterator[sqlite3.Row]], limit: int | None
+) -> Generator[sqlite3.Row, None, None]:
+    yield from itertools.islice(heapq.merge(*cursors, key=lambda row: row["started"]), limit)
