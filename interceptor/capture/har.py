@@ -13,7 +13,8 @@ mapping (what docs/capture.md says of it):
   connection has neither, nor `blocked`. DNS is not measured (-1).
 * Passthrough tunnels and WebSocket relays are entries too, with `_bytes_up`/`_bytes_down`
   and bodySize -1 (their bytes are not a body). A CONNECT's target has no scheme and HAR wants
-  a URL, so it is written `tcp://host:port`.
+  a URL, so it is written `tcp://host:port`. A flow without a request has no URL at all and
+  is left out.
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ _TUNNELS = frozenset({"passthrough", "websocket"})
 
 
 def write_har(rows: Iterable[sqlite3.Row], out: TextIO) -> int:
-    """Write the HAR log of `rows` to `out`, one entry as each row is read; the entry count."""
+    """Write the HAR log of `rows` to `out`, one entry as each row is read; the entry count.
+
+    A flow without a request (a client whose head did not parse) has no URL, which HAR
+    requires of every entry: it is left out."""
     creator = json.dumps({"name": "interceptor", "version": __version__})
     out.write(f'{{"log": {{"version": "1.2", "creator": {creator}, "entries": [\n')
     count = 0
     for row in rows:
+        if row["url"] is None:
+            continue
         out.write(",\n" if count else "")
         out.write(json.dumps(entry(row), separators=(",", ":")))
         count += 1
@@ -100,9 +106,9 @@ def entry(row: sqlite3.Row) -> dict[str, Any]:
     return found
 
 
-def _url(method: str | None, url: str | None) -> str:
-    if method != "CONNECT" or not url:
-        return url or ""
+def _url(method: str | None, url: str) -> str:
+    if method != "CONNECT":
+        return url
     host, _, port = url.rpartition(":")
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{url}"
 
