@@ -18,6 +18,7 @@ from interceptor.capture.store import (
     StoreError,
     Writer,
     connect,
+    merge_flows,
     read_flows,
 )
 from tests.support import (
@@ -81,6 +82,30 @@ def test_the_writer_stores_records_in_a_private_wal_file(tmp_path: Path) -> None
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
     db.close()
+
+
+def write_store(path: Path, numbers: list[int]) -> sqlite3.Connection:
+    """A store holding record(n) for each of `numbers`, stored in that order; opened read-only."""
+    writer = Writer(str(path))
+    for n in numbers:
+        writer.put(record(n))
+    writer.close()
+    return connect(str(path), readonly=True)
+
+
+def test_flows_come_oldest_start_first_and_stores_merge_by_start(tmp_path: Path) -> None:
+    # A long flow that started first ends, and is stored, after a short one started later.
+    a = write_store(tmp_path / "a.db", [3, 1, 6])
+    b = write_store(tmp_path / "b.db", [2, 5, 4])
+    assert [row["id"] for row in read_flows(a)] == ["flow-1", "flow-3", "flow-6"]
+    merged = merge_flows([a, b])
+    assert [row["id"] for row in merged] == [f"flow-{n}" for n in range(1, 7)]
+    assert [row["id"] for row in merge_flows([a, b], 3)] == ["flow-1", "flow-2", "flow-3"]
+    assert [row["id"] for row in merge_flows([a, b], None, "url:/5")] == ["flow-5"]
+    with pytest.raises(FilterError):
+        merge_flows([a, b], None, "nonsense")  # at the call, not at the first row
+    a.close()
+    b.close()
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:

@@ -76,6 +76,28 @@ def test_list_prints_one_line_a_flow_id_first(store: Path) -> None:
     assert limited.stdout.count("\n") == 1
 
 
+def test_list_merges_several_stores_by_start_time(store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "replica-b.db"
+    writer = Writer(str(other))
+    for n, started in enumerate([1_700_000_000.5, 1_700_000_004.0]):
+        writer.put(
+            FlowRecord(
+                id=f"b-{n}", kind="http", started=started, ended=started + 1, client="10.0.0.2:1",
+                method="GET", url=f"http://b.test/{n}", status=204,
+            )
+        )  # fmt: skip
+    writer.close()
+    result = interceptor("flows", "list", str(store), str(other))
+    assert result.returncode == 0, result.stderr
+    ids = [line.split()[0] for line in result.stdout.splitlines()]
+    assert ids == ["11111111-aaaa", "b-0", "22222222-bbbb", "22223333-cccc", "b-1"]
+    limited = interceptor("flows", "list", str(other), str(store), "--limit", "2")
+    assert [line.split()[0] for line in limited.stdout.splitlines()] == ["11111111-aaaa", "b-0"]
+    missing = interceptor("flows", "list", str(store), str(tmp_path / "gone.db"))
+    assert missing.returncode == 2 and "gone.db: no such store" in missing.stderr
+    assert missing.stdout == ""  # every store is opened before the first line
+
+
 def test_show_decodes_pretty_prints_and_summarises(store: Path) -> None:
     post = interceptor("flows", "show", str(store), "1111")
     assert post.returncode == 0, post.stderr

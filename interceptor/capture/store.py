@@ -9,12 +9,14 @@ them read while the proxy writes.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,13 +294,33 @@ class Writer:
 def read_flows(
     db: sqlite3.Connection, limit: int | None = None, expression: str = ""
 ) -> Iterator[sqlite3.Row]:
-    """Flows matching the filter `expression` (see filters.py) in the order they were stored,
-    oldest first (rows by column name). FilterError for an expression that does not compile."""
+    """Flows matching the filter `expression` (see filters.py), oldest `started` first (rows by
+    column name), read from the store as they are iterated. FilterError at once, before any row,
+    for an expression that does not compile: a caller may have begun its output by the first."""
     compiled = compile_filter(expression)
     db.row_factory = sqlite3.Row
-    query = f"SELECT * FROM flows WHERE {compiled.where} ORDER BY seq"
+    # `seq` breaks ties: flows started in the same instant come in the order they were stored.
+    query = f"SELECT * FROM flows WHERE {compiled.where} ORDER BY started, seq"
     params = compiled.params
     if limit is not None:
         query += " LIMIT ?"
         params = (*params, limit)
-    yield from db.execute(query, params)
+    return db.execute(query, params)
+
+
+def merge_flows(
+    dbs: Sequence[sqlite3.Connection], limit: int | None = None, expression: str = ""
+) -> Generator[sqlite3.Row, None, None]:
+    """`read_flows` over several stores (one per proxy replica), merged by `started`.
+
+    One cursor per store and one row from each held at a time, so memory does not grow with
+    the number of flows. FilterError at once, as `read_flows`. Close the generator before the
+    stores: closing it closes their cursors."""
+    cursors = [read_flows(db, limit, expression) for db in dbs]
+    return _merged(cursors, limit)
+
+
+def _merged(
+    cursors: list[Iterator[sqlite3.Row]], limit: int | None
+) -> Generator[sqlite3.Row, None, None]:
+    yield from itertools.islice(heapq.merge(*cursors, key=lambda row: row["started"]), limit)

@@ -1,0 +1,84 @@
+"""Reading stored flows back: the stores a command names, one flow by id, heads and bodies.
+
+What `interceptor flows show`, the HAR export and replay share: a row's heads are JSON text, its
+bodies are as sent on the wire (still Content-Encoded), its times are epoch seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+
+from .. import encoding
+from .store import connect
+
+
+class FlowNotFound(Exception):
+    """An id that names no flow in the store, or more than one; the message is one line."""
+
+
+@contextlib.contextmanager
+def open_stores(paths: Sequence[str]) -> Iterator[list[sqlite3.Connection]]:
+    """Every store in `paths`, read-only, closed on exit. All are opened before the caller
+    reads any, so a bad path fails with StoreError before any output."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(contextlib.closing(connect(p, readonly=True))) for p in paths]
+
+
+def find_flow(path: str, flow_id: str) -> sqlite3.Row:
+    """The one flow in the store at `path` whose id starts with `flow_id`; FlowNotFound if no
+    flow or several do."""
+    with open_stores([path]) as (db,):
+        db.row_factory = sqlite3.Row
+        found = db.execute(
+            "SELECT * FROM flows WHERE id LIKE ? ESCAPE '\\' ORDER BY seq LIMIT 2",
+            (flow_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+        ).fetchall()
+    if not found:
+        raise FlowNotFound(f"{path}: no flow {flow_id!r}")
+    if len(found) > 1:
+        raise FlowNotFound(f"{path}: {flow_id!r} names more than one flow: give more of the id")
+    row: sqlite3.Row = found[0]
+    return row
+
+
+def iso_time(t: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC with milliseconds: 2023-11-14T22:13:20.000Z."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def heads(stored: str | None) -> list[tuple[str, str]]:
+    """A stored head (a JSON list of [name, value]) as (name, value) pairs."""
+    return [(str(name), str(value)) for name, value in json.loads(stored)] if stored else []
+
+
+def header(pairs: Sequence[tuple[str, str]], name: str) -> str:
+    """The first value of header `name` (lower case) in `pairs`, or ""."""
+    for key, value in pairs:
+        if key.lower() == name:
+            return value
+    return ""
+
+
+def decode_body(body: bytes, pairs: Sequence[tuple[str, str]]) -> tuple[bytes, str | None]:
+    """`body` with its Content-Encoding undone, and None; or `body` as it is and why it could
+    not be decoded. Only for a whole body: a cut one cannot be decoded."""
+    coding = header(pairs, "content-encoding")
+    if not coding:
+        return body, None
+    try:
+        return encoding.decode(body, coding), None
+    except ValueError as e:
+        return body, str(e)
+
+
+def as_text(body: bytes) -> str | None:
+    """`body` as text if it is printable UTF-8 (line breaks and tabs allowed), else None."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if all(ch.isprintable() or ch in "\r\n\t" for ch in text) else None
