@@ -21,8 +21,9 @@ Four sections, each selectable with ``--only`` (default: all, in this order):
     proxy, no sockets): records shaped like the capture addon's (heads, sizes, timings) with a
     response body of 0 B (what the proxy stores of a streamed body today: nothing), 1 KiB and
     ``--body-size``, for at most ``--writer-seconds`` and ``--writer-max`` records per run. The
-    Writer is made as the service makes it (queue of 1000 records / 64 MiB of bodies, batches
-    of 200, 1 GiB ``max_bytes``), so a full queue drops. Three producers per body size:
+    Writer is made as the service makes it (queue of 1000 records / 64 MiB of bodies, a
+    write every 0.1 s or at half a queue, 1 GiB ``max_bytes``), so a full queue drops. Three
+    producers per body size:
     ``flood`` puts records back to back and loses the refused ones (a CPU-bound thread beside
     the writer, as a saturated reactor is: they share the GIL); ``capacity`` sleeps 1 ms when
     a put is refused and offers the record again, so the writer runs flat out and nothing is
@@ -143,10 +144,10 @@ GOAL_CPU_RATIO = 1.5
 GOAL_CAPTURED = 0.99
 GOAL_POSTS_RSS_MIB = 40.0
 
-#: The proxy's queue bounds and batch as the service creates its Writer (store.py defaults).
+#: The proxy's queue bounds and write interval, as the service makes its Writer (store.py).
 WRITER_QUEUE_SIZE = 1000
 WRITER_QUEUE_BYTES = 64 * MiB
-WRITER_BATCH = 200
+WRITER_INTERVAL = 0.1
 WRITER_MAX_BYTES = 1 << 30  # [capture] max_bytes default
 
 #: Response body of the POST origin.
@@ -773,7 +774,7 @@ def drive_writer(
         str(path),
         queue_size=WRITER_QUEUE_SIZE,
         queue_bytes=WRITER_QUEUE_BYTES,
-        batch=WRITER_BATCH,
+        interval=WRITER_INTERVAL,
         max_bytes=WRITER_MAX_BYTES,
     )
     native_id = writer._thread.native_id
@@ -842,7 +843,7 @@ def section_writer(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     runs = []
     print(
         f"writer: in-process Writer (queue {WRITER_QUEUE_SIZE} records / "
-        f"{WRITER_QUEUE_BYTES // MiB} MiB, batch {WRITER_BATCH}), at most "
+        f"{WRITER_QUEUE_BYTES // MiB} MiB, every {WRITER_INTERVAL:g} s), at most "
         f"{args.writer_seconds:g} s and {int(args.writer_max):,} records per run, "
         f"store in {workdir}"
     )

@@ -21,7 +21,9 @@ from ..http import HTTPFlow, Message
 from .store import FlowRecord, Writer
 
 REDACTED = "<redacted>"
-REPLAY_HEADER = "x-interceptor-replay"
+_REDACTED = REDACTED.encode("ascii")
+REPLAY_HEADER = "X-Interceptor-Replay"  # (what `interceptor flows replay` adds)
+_REPLAY_NAME = REPLAY_HEADER.lower().encode("ascii")
 
 
 class Capture:
@@ -44,14 +46,19 @@ class Capture:
         self.tap_bodies = body_limit  # the exchange copies this much of each streamed body
         self.include = HostPatterns(tuple(include))
         self.exclude = HostPatterns(tuple(exclude))
-        self.redact = frozenset(name.lower() for name in redact)
+        self.redact = frozenset(name.lower().encode("latin-1") for name in redact)
 
     def requestheaders(self, flow: HTTPFlow) -> None:
         """A replay is marked, and its mark taken off before it goes upstream."""
         req = flow.request
-        if req is not None and REPLAY_HEADER in req.headers:
-            del req.headers[REPLAY_HEADER]
-            flow.is_replay = "request"
+        if req is None:
+            return
+        for name, _ in req.headers.fields:
+            # (the length first: this looks at every request's head, and almost none has it)
+            if len(name) == len(_REPLAY_NAME) and name.lower() == _REPLAY_NAME:
+                del req.headers[REPLAY_HEADER]
+                flow.is_replay = "request"
+                return
 
     def flow_end(self, flow: HTTPFlow) -> None:
         """Record one finished exchange (a tunnel it opened is recorded when it is over)."""
@@ -78,10 +85,14 @@ class Capture:
         self.writer.put(rec)
 
     def record(self, flow: HTTPFlow) -> FlowRecord:
-        """What is stored of `flow` (heads as strings, bodies cut, timings)."""
+        """What is stored of `flow` (heads as text blocks, bodies cut, timings).
+
+        This runs in the reactor for every flow: what it does is kept to copying references
+        and joining bytes; encoding (JSON, text) is the writer thread's."""
         req, resp = flow.request, flow.response
         client = flow.client_conn
         timings = {"start": flow.timestamp_created}
+        client_tls = client.tls_established
         rec = FlowRecord(
             id=flow.id,
             kind="http",
@@ -95,7 +106,7 @@ class Capture:
             timings=timings,
             is_replay=flow.is_replay,
         )
-        if client.tls_established:
+        if client_tls:
             rec.client_tls = _tls(client)
         if req is not None:
             rec.method = req.method
@@ -108,15 +119,13 @@ class Capture:
                 timings["request_end"] = req.timestamp_end
             if req.method == "CONNECT":
                 rec.kind = "connect"
-            elif client.tls_established:
+            elif client_tls:
                 rec.kind = "intercepted"
         leg = flow._server_leg
         if leg is not None:
-            conn = flow.server_conn
-            peer = conn.peername
-            rec.server = f"{peer[0]}:{peer[1]}" if peer else None
-            if conn.tls_established:
-                rec.server_tls = _tls(conn)
+            rec.server = leg.peer_text
+            if getattr(leg, "tls", False):
+                rec.server_tls = _tls(flow.server_conn)
             opened = getattr(leg, "timestamp_start", None)
             if opened is not None and opened >= flow.timestamp_created and leg.requests <= 1:
                 # This flow opened the connection: its connect and handshake are its own.
@@ -134,13 +143,10 @@ class Capture:
         timings["end"] = rec.ended
         return rec
 
-    def _heads(self, message: Message) -> list[tuple[str, str]]:
-        redact = self.redact
-        return [
-            (n.decode("latin-1"), REDACTED if n.lower().decode("latin-1") in redact else
-             v.decode("latin-1"))
-            for n, v in message.headers.fields
-        ]  # fmt: skip
+    def _heads(self, message: Message) -> bytes:
+        hidden = self.redact
+        fields = message.headers.fields
+        return b"\r\n".join([n + b": " + (_REDACTED if n.lower() in hidden else v) for n, v in fields])  # noqa: E501
 
     def _body(self, message: Message) -> tuple[bytes | None, bool]:
         raw = message.raw_content

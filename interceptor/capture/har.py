@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
-from .rows import as_text, decode_body, header, heads, iso_time
+from .rows import as_text, decode_body, header, heads, iso_time, timings
 
 _TUNNELS = frozenset({"passthrough", "websocket"})
 
@@ -77,16 +77,16 @@ def entry(row: sqlite3.Row) -> dict[str, Any]:
     """The HAR entry of one stored flow."""
     tunnel = row["kind"] in _TUNNELS
     url = _url(row["method"], row["url"])
-    stamps = json.loads(row["timings"]) if row["timings"] else {}
-    timings = _timings(stamps, row["started"], row["ended"])
-    spent = (v for name, v in timings.items() if name != "ssl" and v != -1)
+    stamps = timings(row)
+    phases = _timings(stamps, row["started"], row["ended"])
+    spent = (v for name, v in phases.items() if name != "ssl" and v != -1)
     found: dict[str, Any] = {
         "startedDateTime": iso_time(stamps.get("start", row["started"])),
         "time": round(sum(spent), 3),
         "request": _request(row, url, tunnel),
         "response": _response(row, tunnel),
         "cache": {},
-        "timings": timings,
+        "timings": phases,
     }
     if row["server"]:
         host, _, port = row["server"].rpartition(":")

@@ -7,13 +7,12 @@ bodies are as sent on the wire (still Content-Encoded), its times are epoch seco
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from .. import encoding
-from .store import connect
+from .store import TIMINGS, connect
 
 
 class FlowNotFound(Exception):
@@ -45,14 +44,25 @@ def find_flow(path: str, flow_id: str) -> sqlite3.Row:
     return row
 
 
+def timings(row: sqlite3.Row) -> dict[str, float]:
+    """A flow's timing stamps (store.TIMINGS), those it has, as epoch seconds."""
+    return {key: row[f"t_{key}"] for key in TIMINGS if row[f"t_{key}"] is not None}
+
+
 def iso_time(t: float) -> str:
     """Epoch seconds as ISO 8601 in UTC with milliseconds: 2023-11-14T22:13:20.000Z."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def heads(stored: str | None) -> list[tuple[str, str]]:
-    """A stored head (a JSON list of [name, value]) as (name, value) pairs."""
-    return [(str(name), str(value)) for name, value in json.loads(stored)] if stored else []
+    """A stored head (the "Name: value" lines store.py writes) as (name, value) pairs."""
+    if not stored:
+        return []
+    pairs = []
+    for line in stored.split("\r\n"):
+        name, _, value = line.partition(": ")
+        pairs.append((name, value))
+    return pairs
 
 
 def header(pairs: Sequence[tuple[str, str]], name: str) -> str:
@@ -76,9 +86,12 @@ def decode_body(body: bytes, pairs: Sequence[tuple[str, str]]) -> tuple[bytes, s
 
 
 def as_text(body: bytes) -> str | None:
-    """`body` as text if it is printable UTF-8 (line breaks and tabs allowed), else None."""
+    """`body` as text if it is printable UTF-8 (line breaks and tabs allowed), else None. A
+    character split at the end (where a stored body was cut) is left out."""
     try:
         text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    except UnicodeDecodeError as e:
+        if e.start < len(body) - 3 or e.reason != "unexpected end of data":
+            return None
+        text = body[: e.start].decode("utf-8")
     return text if all(ch.isprintable() or ch in "\r\n\t" for ch in text) else None

@@ -95,6 +95,17 @@ class Leg(Protocol):
         self._drain_timer: IDelayedCall | None = None
         self._fd = -1
 
+    @property
+    def peer_text(self) -> str | None:
+        """The peer's address as "host:port" (None before a connection); kept once read,
+        since a pooled connection serves many flows."""
+        text: str | None = self.__dict__.get("_peer_text")
+        if text is None and self.stream is not None:
+            peer = self.stream.getPeer()
+            host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+            text = self.__dict__["_peer_text"] = f"{host}:{port}" if host is not None else None
+        return text
+
     # -- bookkeeping -------------------------------------------------------------------------
 
     def makeConnection(self, transport: ITransport) -> None:
