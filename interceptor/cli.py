@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -24,17 +23,9 @@ from typing import TextIO
 from .capture.filters import FilterError
 from .capture.har import write_har, write_har_file
 from .capture.replay import ReplayError, replay, request_of
-from .capture.rows import (
-    FlowNotFound,
-    as_text,
-    decode_body,
-    find_flow,
-    header,
-    heads,
-    iso_time,
-    open_stores,
-)
+from .capture.rows import FlowNotFound, find_flow, heads, iso_time, open_stores
 from .capture.store import StoreError, merge_flows
+from .capture.views import body_view
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -165,29 +156,19 @@ def _heads(pairs: Sequence[tuple[str, str]], out: TextIO) -> None:
 def _body(
     body: bytes | None, size: int, cut: int, pairs: Sequence[tuple[str, str]], out: TextIO
 ) -> None:
-    """The stored body: decoded per Content-Encoding, JSON pretty-printed, text as text,
-    anything else as a hex summary."""
-    if body is None:
+    """The stored body as capture.views shows it: decoded per Content-Encoding, JSON
+    pretty-printed, text as text, anything else as a hex summary."""
+    view = body_view(body, size, bool(cut), pairs)
+    note = f"({view['note']})" if view["note"] else ""
+    if view["kind"] == "none":
         out.write(f"\n[{size} bytes, not stored]\n" if size else "")
-        return
-    note = f" (stored cut at {len(body)} of {size} bytes)" if cut else ""
-    if not cut:
-        body, failure = decode_body(body, pairs)
-        if failure is not None:
-            note += f" (not decoded: {failure})"
-    if "json" in header(pairs, "content-type").lower():
-        try:
-            text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-            out.write(f"\n{text}\n{note.strip()}\n" if note else f"\n{text}\n")
-            return
-        except ValueError:
-            pass
-    printable = as_text(body)
-    if printable is not None:
-        out.write(f"\n{printable}\n" + (f"{note.strip()}\n" if note else ""))
+    elif view["kind"] in ("json", "text"):
+        out.write(f"\n{view['text']}\n" + (f"{note}\n" if note else ""))
     else:
-        out.write(f"\n[{len(body)} bytes of binary{note}] {body[:32].hex(' ')}")
-        out.write(" ...\n" if len(body) > 32 else "\n")
+        first = " ".join(view["hex"].split()[:32])
+        kind = "binary" if view["kind"] == "binary" else view["mime"]
+        out.write(f"\n[{view['stored']} bytes of {kind}{' ' + note if note else ''}] {first}")
+        out.write(" ...\n" if view["stored"] > 32 else "\n")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from .addon import REDACTED
+from .addon import REPLAY_HEADER as HEADER
 from .rows import header, heads
-
-HEADER = "X-Interceptor-Replay"
 
 _HOP_BY_HOP = frozenset(
     {
@@ -40,6 +39,9 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
         "content-length",  # framing: set again for the body sent
         HEADER.lower(),  # a replay of a replay names the flow replayed now
+        # The proxy added its own Via on the way out: sent back through it, that would be a
+        # loop (508). A replay is a new request, not the old one still travelling.
+        "via",
     }
 )
 _TUNNELS = {
