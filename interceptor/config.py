@@ -210,6 +210,15 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The flow UI over the capture store; an empty ``listen`` disables it."""
+
+    listen: str = ""
+    token: str = ""
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is the file loaded, or ``""`` if none was."""
 
@@ -222,6 +231,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = ""
 
 
@@ -235,6 +245,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "hooks": HooksConfig,
     "capture": CaptureConfig,
+    "web": WebConfig,
 }
 
 
@@ -538,6 +549,26 @@ def _endpoints(*, required: bool) -> _Check:
     return check
 
 
+def _endpoint(value: object) -> object:
+    if value:
+        _check_endpoint(str(value))
+    return value
+
+
+def _web_token(value: object) -> object:
+    text = str(value)
+    if text and (len(text) < 16 or not _URL_SAFE.fullmatch(text)):
+        raise _Invalid("must be at least 16 letters, digits, '-' or '_' (or empty: a random one)")
+    return text
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _hostnames(value: object) -> object:
+    return tuple(_hostname(name) for name in cast("tuple[str, ...]", value))
+
+
 _ADDON_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -712,6 +743,12 @@ _FIELDS: tuple[_Field, ...] = (
        "Host patterns never captured."),
     _F("capture", "redact_headers", _STRS, ["proxy-authorization"], (),
        "Header names stored as <redacted>."),
+    _F("web", "listen", _STR, "", (_endpoint,),
+       "Twisted endpoint of the flow UI (e.g. tcp:8082:interface=127.0.0.1); empty: no UI."),
+    _F("web", "token", _STR, "", (_web_token,),
+       "The UI's access token; empty: a random one each start, logged with the UI's URL."),
+    _F("web", "allowed_hosts", _STRS, [], (_hostnames,),
+       "Host names the UI answers to besides its listening address (DNS-rebinding guard)."),
 )  # fmt: skip
 
 _BY_NAME = {f.name: f for f in _FIELDS}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import secrets
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from .proxy.downstream import ProxyFactory
 from .proxy.passthrough import LearnedPassthrough
 from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
+from .web.site import WebUI
 
 _log = Logger(namespace="interceptor")
 
@@ -77,6 +79,8 @@ class ProxyService(Service):
         self.addons: list[object] = []
         self.hooks: HookChain | None = None
         self.capture: Writer | None = None
+        self.web: WebUI | None = None
+        self.web_ports: list[IListeningPort] = []
         self._log_bridge: AddonLogBridge | None = None
         self.ready = False
 
@@ -173,6 +177,7 @@ class ProxyService(Service):
             self.ports.append(self._listen(description, factory))
             _log.info("proxy listening on {endpoint}", endpoint=description)
         self._start_admin()
+        self._start_web(ca)
         self.ctx.learned = LearnedPassthrough(
             self.reactor, cfg.tls.learn_passthrough, cfg.tls.learn_passthrough_ttl
         )
@@ -187,7 +192,7 @@ class ProxyService(Service):
         self.ctx.own = OwnAddresses(
             [
                 (address.host, address.port)
-                for p in self.ports + self.admin_ports
+                for p in self.ports + self.admin_ports + self.web_ports
                 if isinstance(address := p.getHost(), IPv4Address | IPv6Address)
             ],
             _local_addresses(),
@@ -323,6 +328,46 @@ class ProxyService(Service):
             self.admin_ports.append(self._listen(description, site))
             _log.info("admin listening on {endpoint}", endpoint=description)
 
+    def _start_web(self, ca: tls.CertificateAuthority) -> None:
+        cfg = self.config
+        if not cfg.web.listen:
+            return
+        token = cfg.web.token or secrets.token_urlsafe(24)
+        first = self.ports[0].getHost()
+        # Replays from the UI go through this proxy, so they are captured as well.
+        proxy = (
+            f"http://{_url_host(first.host)}:{first.port}"
+            if isinstance(first, IPv4Address | IPv6Address)
+            else None
+        )
+        self.web = web = WebUI(
+            cfg.capture.store,
+            token,
+            self.reactor,
+            self.reactor.getThreadPool(),
+            self.reactor,
+            replay_proxy=lambda: proxy,
+            replay_cacert=str(ca.cert_path),
+        )
+        port = self._listen(cfg.web.listen, web.site())
+        self.web_ports.append(port)
+        address = port.getHost()
+        if not isinstance(address, IPv4Address | IPv6Address):
+            web.allow(cfg.web.allowed_hosts, 80)
+            _log.info("web UI on {endpoint}: token {token}", endpoint=cfg.web.listen, token=token)
+        else:
+            names = [address.host, *cfg.web.allowed_hosts]
+            if address.host in ("0.0.0.0", "::") or parse_ip(address.host) in _LOOPBACK_NAMES:
+                names += ["127.0.0.1", "localhost", "::1"]
+            web.allow(names, address.port)
+            host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else _url_host(address.host)
+            _log.info(
+                "web UI on {endpoint}: open http://{host}:{port}/?token={token}",
+                endpoint=cfg.web.listen, host=host, port=address.port, token=token,
+            )  # fmt: skip
+        if not cfg.capture.store:
+            _log.warn("web UI: [capture] store is empty, so there are no flows to show")
+
     # -- stop ----------------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred[None]:
@@ -368,6 +413,10 @@ class ProxyService(Service):
                     await waiting
                 except defer.TimeoutError:
                     pass
+        if self.web is not None:
+            self.web.stop()
+            for p in self.web_ports:
+                await defer.maybeDeferred(p.stopListening)
         if self.capture is not None:
             # What is queued is written (the writer's thread, bounded), then the file closes.
             await threads.deferToThreadPool(
@@ -381,6 +430,13 @@ class ProxyService(Service):
         # drained stop is a success, and orchestrators read anything else as a crash.
         if hasattr(self.reactor, "_exitSignal"):
             self.reactor._exitSignal = None
+
+
+_LOOPBACK_NAMES = {parse_ip("127.0.0.1"), parse_ip("::1")}
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _local_addresses() -> frozenset[IPAddress]:

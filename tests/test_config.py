@@ -25,6 +25,7 @@ from interceptor.config import (
     ProxyConfig,
     TLSConfig,
     UpstreamConfig,
+    WebConfig,
     load_config,
 )
 
@@ -41,6 +42,7 @@ SECTION_CLASSES = {
     "log": LogConfig,
     "hooks": HooksConfig,
     "capture": CaptureConfig,
+    "web": WebConfig,
 }
 ALL_KEYS = [f.name for f in config_module._FIELDS]
 
@@ -508,6 +510,9 @@ def test_every_key_has_a_working_env_var(tmp_path: Path) -> None:
         "hooks.addons": "pkg.mod:Addon, other:thing",
         "hooks.scripts": str(script),
         "hooks.body_overflow": "reject",
+        "web.listen": "tcp:8082",
+        "web.token": "a-token-of-sixteen-or-more",
+        "web.allowed_hosts": "ui.example",
     }
     for spec in config_module._FIELDS:
         value = samples.get(spec.name, "7")
