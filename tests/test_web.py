@@ -162,6 +162,10 @@ def test_the_token_moves_to_a_strict_http_only_cookie(ui: UI) -> None:
         "/", token=False, headers={"Cookie": f"interceptor_token={ui.token}"}
     )
     assert status == 200 and b"/static/app.js" in body
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        # Served from the installed package: package data the wheel must carry.
+        status, heads, body = ui.request(f"/static/{name}")
+        assert status == 200 and heads["content-type"].startswith(kind) and len(body) > 1000
     assert (
         heads["x-frame-options"] == "DENY"
         and "frame-ancestors 'none'" in heads["content-security-policy"]
