@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--filter", default="", help=_FILTER_HELP)
     show = actions.add_parser("show", help="one flow's heads and bodies")
     show.add_argument("store", help="the store's path")
-    show.add_argument("id", help="the flow id (as `list` prints it; a unique prefix will do)")
+    show.add_argument(
+        "id", help="the flow id (as `list` prints it; a unique start or end of it will do)"
+    )
     har = actions.add_parser("har", help="export flows as a HAR 1.2 log, oldest first")
     har.add_argument("store", nargs="+", help=stores)
     har.add_argument("--filter", default="", help=_FILTER_HELP)
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     again = actions.add_parser("replay", help="send a captured request again")
     again.add_argument("store", help="the store's path")
-    again.add_argument("id", help="the flow id (a unique prefix will do)")
+    again.add_argument("id", help="the flow id (a unique start or end of it will do)")
     again.add_argument("--proxy", default=None, help="through this proxy: http://host:port")
     again.add_argument(
         "--cacert", default=None, help="verify TLS with this CA file (default: the system's)"

@@ -113,7 +113,7 @@ def test_a_new_user_records_lists_shows_exports_and_replays(
         assert f" {url} {status} " in line, line
     post_id = next(line.split()[0] for line in lines if upload_url in line)
 
-    shown = interceptor("flows", "show", str(store), post_id[:8])
+    shown = interceptor("flows", "show", str(store), post_id[-8:])  # ids end apart
     assert shown.returncode == 0, shown.stderr
     assert f"POST {upload_url}" in shown.stdout
     assert "Content-Length: 300000" in shown.stdout

@@ -108,6 +108,9 @@ def test_show_decodes_pretty_prints_and_summarises(store: Path) -> None:
     assert "[64 bytes of binary (stored cut at 64 of 5242880 bytes)] 00 01 02" in blob.stdout
     failed = interceptor("flows", "show", str(store), "22223333")
     assert "error: upstream refused the connection" in failed.stdout
+    # Ids begin with their time: the end of one names it as well as the start.
+    by_end = interceptor("flows", "show", str(store), "cccc")
+    assert by_end.returncode == 0 and by_end.stdout == failed.stdout
 
 
 def test_errors_are_one_line_with_exit_2(store: Path, tmp_path: Path) -> None:

@@ -472,9 +472,12 @@ def flow() -> HTTPFlow:
     return HTTPFlow(Client(None, 0.0), 0.0)
 
 
-def test_flow_id_is_a_uuid4_string_stable_per_flow_and_unique():
+def test_flow_id_is_a_time_ordered_uuid_stable_per_flow_and_unique():
     f, g = flow(), flow()
-    assert isinstance(f.id, str) and uuid.UUID(f.id).version == 4
+    assert isinstance(f.id, str) and uuid.UUID(f.id).version == 7
+    assert uuid.UUID(f.id).variant == uuid.RFC_4122
+    ids = [flow().id for _ in range(50)]
+    assert len(set(ids)) == 50 and ids[0][:13] <= ids[-1][:13]  # milliseconds first
     assert f.id == f.id and f.id != g.id
     assert f.type == "http" and f.live and f.websocket is None
     assert isinstance(f.client_conn.id, str) and f.client_conn.id == f.client_conn.id

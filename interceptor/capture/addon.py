@@ -47,6 +47,7 @@ class Capture:
         self.include = HostPatterns(tuple(include))
         self.exclude = HostPatterns(tuple(exclude))
         self.redact = frozenset(name.lower().encode("latin-1") for name in redact)
+        self._redact_lengths = frozenset(len(name) for name in self.redact)
 
     def requestheaders(self, flow: HTTPFlow) -> None:
         """A replay is marked, and its mark taken off before it goes upstream."""
@@ -87,37 +88,38 @@ class Capture:
     def record(self, flow: HTTPFlow) -> FlowRecord:
         """What is stored of `flow` (heads as text blocks, bodies cut, timings).
 
-        This runs in the reactor for every flow: what it does is kept to copying references
-        and joining bytes; encoding (JSON, text) is the writer thread's."""
+        This runs in the reactor for every flow: it copies references and joins bytes, and
+        leaves every encoding (text, JSON) to the writer thread."""
         req, resp = flow.request, flow.response
         client = flow.client_conn
-        timings = {"start": flow.timestamp_created}
+        started = flow.timestamp_created
+        ended = self.clock.seconds()
+        timings = {"start": started, "end": ended}
         client_tls = client.tls_established
         rec = FlowRecord(
-            id=flow.id,
-            kind="http",
-            started=flow.timestamp_created,
-            ended=self.clock.seconds(),
-            client=client.address_text,
+            flow.id,
+            "http",
+            started,
+            ended,
+            client.address_text,
             status=flow.status,
             error=flow.error.msg if flow.error is not None else None,
             request_size=flow.bytes_in,
             response_size=flow.bytes_out,
             timings=timings,
             is_replay=flow.is_replay,
+            client_tls=_tls(client) if client_tls else None,
         )
-        if client_tls:
-            rec.client_tls = _tls(client)
         if req is not None:
-            rec.method = req.method
-            rec.url = req.url if req.method != "CONNECT" else f"{req.host}:{req.port}"
-            rec.host = req.host
+            method = rec.method = req.method
+            rec.url = req.url
+            rec.host = req._host
             rec.http_version = req.http_version
             rec.request_headers = self._heads(req)
             rec.request_body, rec.request_cut = self._body(req)
             if req.timestamp_end is not None:
                 timings["request_end"] = req.timestamp_end
-            if req.method == "CONNECT":
+            if method == "CONNECT":
                 rec.kind = "connect"
             elif client_tls:
                 rec.kind = "intercepted"
@@ -127,29 +129,32 @@ class Capture:
             if getattr(leg, "tls", False):
                 rec.server_tls = _tls(flow.server_conn)
             opened = getattr(leg, "timestamp_start", None)
-            if opened is not None and opened >= flow.timestamp_created and leg.requests <= 1:
+            if opened is not None and opened >= started and leg.requests <= 1:
                 # This flow opened the connection: its connect and handshake are its own.
                 timings["tcp_start"] = opened
-                for key, name in (("tcp_done", "timestamp_tcp_setup"),
-                                  ("tls_done", "timestamp_tls_setup")):  # fmt: skip
-                    stamp = getattr(leg, name)
-                    if stamp is not None:
-                        timings[key] = stamp
+                if leg.timestamp_tcp_setup is not None:
+                    timings["tcp_done"] = leg.timestamp_tcp_setup
+                if leg.timestamp_tls_setup is not None:
+                    timings["tls_done"] = leg.timestamp_tls_setup
         if resp is not None:
             rec.reason = resp.reason
             rec.response_headers = self._heads(resp)
             rec.response_body, rec.response_cut = self._body(resp)
             timings["response_start"] = resp.timestamp_start
-        timings["end"] = rec.ended
         return rec
 
     def _heads(self, message: Message) -> bytes:
-        hidden = self.redact
-        fields = message.headers.fields
-        return b"\r\n".join([n + b": " + (_REDACTED if n.lower() in hidden else v) for n, v in fields])  # noqa: E501
+        hidden, lengths = self.redact, self._redact_lengths
+        return b"\r\n".join(
+            [
+                # (the length first: lower-casing every name of every flow is not free)
+                n + b": " + (_REDACTED if len(n) in lengths and n.lower() in hidden else v)
+                for n, v in message.headers.fields
+            ]
+        )
 
     def _body(self, message: Message) -> tuple[bytes | None, bool]:
-        raw = message.raw_content
+        raw = message._content
         if raw is None:
             tap = message.tap
             return (tap.content(), tap.cut) if tap is not None else (None, False)

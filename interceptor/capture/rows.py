@@ -28,19 +28,22 @@ def open_stores(paths: Sequence[str]) -> Iterator[list[sqlite3.Connection]]:
 
 
 def find_flow(path: str, flow_id: str) -> sqlite3.Row:
-    """The one flow in the store at `path` whose id starts with `flow_id`; FlowNotFound if no
-    flow or several do."""
+    """The one flow in the store at `path` whose id starts or ends with `flow_id` (ids begin
+    with their time, so flows of one moment differ at the end); FlowNotFound if no flow or
+    several do."""
+    literal = flow_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     with open_stores([path]) as (db,):
         db.row_factory = sqlite3.Row
         found = db.execute(
-            "SELECT * FROM flows WHERE id LIKE ? ESCAPE '\\' ORDER BY seq LIMIT 2",
-            (flow_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            "SELECT * FROM flows WHERE id = ? OR id LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\' "
+            "ORDER BY id != ?, seq LIMIT 2",
+            (flow_id, literal + "%", "%" + literal, flow_id),
         ).fetchall()
     if not found:
         raise FlowNotFound(f"{path}: no flow {flow_id!r}")
-    if len(found) > 1:
-        raise FlowNotFound(f"{path}: {flow_id!r} names more than one flow: give more of the id")
     row: sqlite3.Row = found[0]
+    if len(found) > 1 and row["id"] != flow_id:  # (the whole id wins over a part of another)
+        raise FlowNotFound(f"{path}: {flow_id!r} names more than one flow: give more of the id")
     return row
 
 

@@ -213,7 +213,7 @@ class Writer:
         self,
         path: str,
         queue_size: int = 1000,
-        queue_bytes: int = 64 << 20,
+        queue_bytes: int = 32 << 20,
         interval: float = 0.1,
         max_bytes: int = 1 << 30,
         on_error: Callable[[str], None] | None = None,
@@ -226,7 +226,7 @@ class Writer:
         self.max_bytes = max_bytes
         self.on_error = on_error or (lambda text: None)
         # Both threads change these: under _lock. Body bytes count until they are written.
-        self._pending: deque[FlowRecord] = deque()
+        self._pending: deque[tuple[Any, ...]] = deque()
         self._queued = 0
         self._closing = False
         self._lock = threading.Lock()
@@ -239,14 +239,17 @@ class Writer:
         self._thread.start()
 
     def put(self, record: FlowRecord) -> bool:
-        """Queue a record for writing; False (and counted) if the queue is full."""
+        """Queue a record for writing; False (and counted) if the queue is full.
+
+        The row is made here, in the caller's thread: the writer thread then runs as little
+        Python as it can, so it seldom holds the GIL the reactor wants."""
         size = record.body_bytes
         with self._lock:
             pending = len(self._pending)
             if pending >= self.queue_size or self._queued + size > self.queue_bytes:
                 self.dropped += 1
                 return False
-            self._pending.append(record)
+            self._pending.append(record.row())
             self._queued += size
             urgent = pending * 2 >= self.queue_size or self._queued * 2 >= self.queue_bytes
         if urgent:
@@ -270,19 +273,18 @@ class Writer:
                 self._wake.wait(self.interval)
                 self._wake.clear()
                 with self._lock:
-                    records = list(self._pending)
+                    rows = list(self._pending)
                     self._pending.clear()
                     closing = self._closing
-                if records:
-                    self._write(records)
+                if rows:
+                    self._write(rows)
                 if closing:
                     return
         finally:
             self.db.close()
 
-    def _write(self, records: list[FlowRecord]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
         try:
-            rows = [r.row() for r in records]
             whole = len(rows) - len(rows) % _ROWS_AT_ONCE
             with self.db:
                 for i in range(0, whole, _ROWS_AT_ONCE):
@@ -296,11 +298,11 @@ class Writer:
                 self._prune()
         except sqlite3.Error as e:
             # A full disk or a broken file costs the records, never the proxy.
-            self.failed += len(records)
-            self.on_error(f"capture: writing {len(records)} flow(s) to {self.path} failed: {e}")
+            self.failed += len(rows)
+            self.on_error(f"capture: writing {len(rows)} flow(s) to {self.path} failed: {e}")
         finally:
             with self._lock:
-                self._queued -= sum(r.body_bytes for r in records)
+                self._queued -= sum(row[-1] for row in rows)
 
     def _prune(self) -> None:
         # Oldest first, until a tenth under the limit: pruning on every write past it would

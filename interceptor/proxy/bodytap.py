@@ -32,8 +32,8 @@ class BodyTap:
         self.kept += len(data)
 
     def content(self) -> bytes:
-        """What was kept, in one piece."""
+        """What was kept, in one piece (the piece itself when there was one: no copy)."""
         pieces = self._pieces
         if len(pieces) != 1:
             pieces[:] = [b"".join(pieces)]
-        return bytes(pieces[0])
+        return pieces[0]
