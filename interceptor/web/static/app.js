@@ -46,7 +46,7 @@ function row(flow) {
   const tr = el("tr", { "data-id": flow.id },
     el("td", { class: "t", text: clock(flow.started) }),
     el("td", {}, el("span", { class: `kind ${flow.kind}`, text: flow.kind + (flow.is_replay ? " ↻" : "") })),
-    el("td", { text: flow.client }),
+    el("td", { class: "c", text: flow.client }),
     el("td", { text: flow.method || "-" }),
     el("td", { class: "u", text: flow.url || "-", title: flow.url || "" }),
     el("td", { class: `s${Math.floor(flow.status / 100)}`, text: flow.status ? String(flow.status) : (flow.error ? "error" : "-"), title: flow.error || "" }),
@@ -145,7 +145,7 @@ function timing(box, t) {
     const part = el("span", { class: name, title: `${name} ${ms(to - from)}` });
     part.style.width = `${(100 * (to - from)) / total}%`;
     bar.append(part);
-    legend.append(el("span", { text: `${name} ${ms(to - from)}` }));
+    legend.append(el("span", { class: name, text: `${name} ${ms(to - from)}` }));
   }
   box.append(bar, legend);
 }
