@@ -46,7 +46,7 @@ function row(flow) {
   const tr = el("tr", { "data-id": flow.id },
     el("td", { class: "t", text: clock(flow.started) }),
     el("td", {}, el("span", { class: `kind ${flow.kind}`, text: flow.kind + (flow.is_replay ? " ↻" : "") })),
-    el("td", { text: flow.client }),
+    el("td", { class: "c", text: flow.client }),
     el("td", { text: flow.method || "-" }),
     el("td", { class: "u", text: flow.url || "-", title: flow.url || "" }),
     el("td", { class: `s${Math.floor(flow.status / 100)}`, text: flow.status ? String(flow.status) : (flow.error ? "error" : "-"), title: flow.error || "" }),
@@ -58,35 +58,42 @@ function row(flow) {
   return tr;
 }
 
-function query(extra = {}) {
+function query(extra = {}, filter = state.filter) {
   const params = new URLSearchParams(extra);
-  if (state.filter) params.set("filter", state.filter);
+  if (filter) params.set("filter", filter);
   const text = params.toString();
   return text ? `?${text}` : "";
 }
 
-async function load(older = false) {
+// One page of the list: newer than nothing (the first page, replacing the list) or older than
+// the last row (`older`). `filter` is the expression to list with; the state takes it only once
+// the store accepted it, so a bad filter leaves the list, its paging and its stream as they were.
+// True when the page came.
+async function load(older = false, filter = state.filter) {
   const params = older && state.oldest !== null ? { before: state.oldest } : {};
   let page;
   try {
-    page = await api(`/api/flows${query(params)}`);
+    page = await api(`/api/flows${query(params, filter)}`);
   } catch (e) {
     $("filter").classList.add("bad");
     notice(e.message, true);
-    return;
+    return false;
   }
   $("filter").classList.remove("bad");
   notice("");
   const body = $("flows").tBodies[0];
   if (!older) {
+    state.filter = filter;
+    state.oldest = null;
+    state.newest = page.flows.length ? page.flows[0].seq : 0;
     body.replaceChildren();
-    state.newest = page.flows.length ? page.flows[0].seq : state.newest;
   }
   for (const flow of page.flows) body.append(row(flow));
   if (page.flows.length) state.oldest = page.flows[page.flows.length - 1].seq;
   $("older").hidden = !page.more;
   $("empty").hidden = body.rows.length > 0;
   $("har-all").href = `/api/har${query()}`;
+  return true;
 }
 
 function listen() {
@@ -138,7 +145,7 @@ function timing(box, t) {
     const part = el("span", { class: name, title: `${name} ${ms(to - from)}` });
     part.style.width = `${(100 * (to - from)) / total}%`;
     bar.append(part);
-    legend.append(el("span", { text: `${name} ${ms(to - from)}` }));
+    legend.append(el("span", { class: name, text: `${name} ${ms(to - from)}` }));
   }
   box.append(bar, legend);
 }
@@ -224,10 +231,7 @@ async function start() {
   }
   $("filter-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.filter = $("filter").value.trim();
-    state.oldest = null;
-    state.newest = 0;
-    load().then(listen);
+    load(false, $("filter").value.trim()).then((ok) => { if (ok) listen(); });
   });
   $("older").addEventListener("click", () => load(true));
   $("close").addEventListener("click", () => { $("detail").hidden = true; state.selected = null; });
