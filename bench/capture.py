@@ -21,7 +21,7 @@ Four sections, each selectable with ``--only`` (default: all, in this order):
     proxy, no sockets): records shaped like the capture addon's (heads, sizes, timings) with a
     response body of 0 B (what the proxy stores of a streamed body today: nothing), 1 KiB and
     ``--body-size``, for at most ``--writer-seconds`` and ``--writer-max`` records per run. The
-    Writer is made as the service makes it (queue of 1000 records / 32 MiB of bodies, a
+    Writer is made as the service makes it (queue of 1000 records / 64 MiB of bodies, a
     write every 0.1 s or at half a queue, 1 GiB ``max_bytes``), so a full queue drops. Three
     producers per body size:
     ``flood`` puts records back to back and loses the refused ones (a CPU-bound thread beside
@@ -146,7 +146,7 @@ GOAL_POSTS_RSS_MIB = 40.0
 
 #: The proxy's queue bounds and write interval, as the service makes its Writer (store.py).
 WRITER_QUEUE_SIZE = 1000
-WRITER_QUEUE_BYTES = 32 * MiB
+WRITER_QUEUE_BYTES = 64 * MiB
 WRITER_INTERVAL = 0.1
 WRITER_MAX_BYTES = 1 << 30  # [capture] max_bytes default
 
