@@ -173,15 +173,16 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
             os.close(fd)
             os.chmod(path, 0o600)
             db = sqlite3.connect(path, check_same_thread=False)
-            # Pages of 64 KiB (set before the first table, kept for the file's life): a body is
-            # a chain of overflow pages, each its own WAL frame with its own checksum; with 4
-            # KiB pages a 100 KiB body took 25 of them, and 30% more of the writer's time.
-            db.execute("PRAGMA page_size=65536")
+            # Pages of 16 KiB (set before the first table, kept for the file's life): a body is
+            # a chain of overflow pages, each its own WAL frame with its own checksum, 25 of
+            # them for 100 KiB in 4 KiB pages; in 64 KiB pages every small commit rewrites a
+            # 64 KiB last page (3% more instructions per 1 KiB flow). 16 KiB does both well.
+            db.execute("PRAGMA page_size=16384")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints every 4 MiB of WAL, as sqlite's default is for 4 KiB pages: counted
-            # in 64 KiB pages, its 1000 would be 64 MiB, copied back in one long stall.
-            db.execute("PRAGMA wal_autocheckpoint=64")
+            # in larger pages, its 1000 would be a long stall copying 16 MiB back at once.
+            db.execute("PRAGMA wal_autocheckpoint=256")
             db.executescript(_SCHEMA)
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
