@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -69,6 +70,11 @@ def use_asyncio_reactor() -> None:
 def makeService(options: Options) -> IService:
     """Build the proxy service on the global reactor."""
     from twisted.internet import reactor
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell starts background jobs with SIGINT ignored, and Twisted then leaves it so:
+        # such a proxy would never stop on SIGINT. mitmdump does; so does this, gracefully.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from .service import ProxyService
 

@@ -36,6 +36,7 @@ from tests.support import (
     free_port,
     get,
     respond,
+    run_curl,
     stop_process,
     wait_for,
 )
@@ -361,6 +362,20 @@ def test_sigterm_exit_status_is_zero(proxy_factory: Callable[..., ProxyProcess])
     """A drained stop is a success: SIGTERM ends in exit status 0."""
     proxy = proxy_factory()
     proxy.send_signal(signal.SIGTERM)
+    assert proxy.popen.wait(timeout=15) == 0, proxy.log_tail()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell does for a background job
+
+
+def test_sigint_stops_a_proxy_started_with_sigint_ignored(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    proxy = proxy_factory(popen_kwargs={"preexec_fn": _ignore_sigint})
+    origin.route("/up", respond(b"up"))
+    assert run_curl("-x", proxy.url, origin.url("/up")).stdout == b"up"
+    proxy.send_signal(signal.SIGINT)
     assert proxy.popen.wait(timeout=15) == 0, proxy.log_tail()
 
 
