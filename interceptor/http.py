@@ -931,6 +931,8 @@ class HTTPFlow:
     _metadata: dict[str, Any] | None = None
     _resume: Deferred[None] | None = None
     _server: Server | None = None
+    # A tunnel the flow opened, once over: how it ended ("upstream clean after client FIN").
+    tunnel_ending: str | None = None
 
     def __init__(self, client_conn: Client, timestamp_created: float) -> None:
         self.client_conn = client_conn

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 
+import pytest
 from twisted.logger import LogLevel
 
 from interceptor.logs import StdoutObserver, json_line
+from tests.support import OriginServer, ProxyProcess, RawConnection, respond
 
 
 def event(**fields):
@@ -70,3 +74,44 @@ def test_text_line_fast_path_matches_twistd_style():
         "2023-11-14T22:13:20+0000 [interceptor.access#info] 127.0.0.1:1 GET http://a/ 200 5 0.0010s"
     )
     assert lines[1].endswith("[interceptor.access#info] c 404")
+
+
+# -- the access log's line for a tunnel, when it closes (a real proxy) ------------------------
+
+
+def _tunnel_through(proxy: ProxyProcess, origin: OriginServer) -> bytes:
+    """A passthrough CONNECT carrying one GET, then the client's FIN; what it sent."""
+    with RawConnection(proxy.port) as conn:
+        conn.send(
+            f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
+        )
+        assert conn.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+        sent = f"GET /t HTTP/1.1\r\nHost: {origin.authority}\r\nConnection: close\r\n\r\n".encode()
+        conn.send(sent)
+        assert conn.read_until_close().endswith(b"x" * 500)
+    return sent
+
+
+# The origin closes after its answer: its FIN is relayed, then the client closes.
+ENDING = r"client clean after upstream FIN"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_tunnel_is_logged_when_it_closes_with_its_bytes_and_ending(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer, fmt: str
+) -> None:
+    proxy = proxy_factory(
+        '[tls]\npassthrough = ["127.0.0.1"]\n', env={"INTERCEPTOR_LOG_FORMAT": fmt}
+    )
+    origin.route("/t", respond(b"x" * 500))
+    sent = _tunnel_through(proxy, origin)
+    if fmt == "text":
+        line = proxy.wait_for_log(rf"tunnel {origin.authority} closed: .*$").group(0)
+        assert f"closed: {len(sent)} bytes up, " in line
+        assert re.search(rf" down, \d+\.\d{{4}}s, {ENDING}$", line), line
+        return
+    found = proxy.wait_for_log(r'^\{.*"kind": ?"tunnel".*\}$').group(0)
+    entry = json.loads(found)
+    assert (entry["url"], entry["bytes_up"]) == (origin.authority, len(sent))
+    assert entry["bytes_down"] > 500 and entry["duration"] >= 0
+    assert re.fullmatch(ENDING, entry["ending"]), entry

@@ -51,3 +51,28 @@ class AccessLog:
             duration=round(duration, 6),
             error=error,
         )
+
+    def tunnel_end(self, flow: HTTPFlow) -> None:
+        """Log a passthrough tunnel or a WebSocket relay once it is over: its bytes each way,
+        its lifetime and how it ended (its opening was logged as the CONNECT's or 101's line)."""
+        req = flow.request
+        what = "websocket" if flow.status == 101 else "tunnel"
+        target = req.url if req is not None else "-"
+        duration = self.clock.seconds() - flow.timestamp_created
+        client = flow.client_conn.address_text
+        ending = flow.tunnel_ending or "-"
+        text = (
+            f"{client} {what} {target} closed: {flow.bytes_in} bytes up, {flow.bytes_out} down, "
+            f"{duration:.4f}s, {ending}"
+        )
+        _log.info(
+            "{text}",
+            text=text,
+            client=client,
+            kind=what,
+            url=target,
+            bytes_up=flow.bytes_in,
+            bytes_down=flow.bytes_out,
+            duration=round(duration, 6),
+            ending=ending,
+        )

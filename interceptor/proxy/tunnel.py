@@ -111,6 +111,12 @@ class Tunnel:
             return
         flow.bytes_in = self.bytes_up
         flow.bytes_out = self.bytes_down
+        # How it ended, for the access log: the ending that closed it, and which sides had
+        # half-closed (sent their FIN) before.
+        fins = [s.value for s in (Side.CLIENT, Side.UPSTREAM) if s in self._eof and s is not side]
+        flow.tunnel_ending = f"{side.value} {ending.value}" + (
+            f" after {fins[0]} FIN" if fins else ""
+        )
         if ending is not Ending.CLEAN and ending is not Ending.DONE and flow.error is None:
             flow.error = Error(f"tunnel ended: {side.value} {ending.value}", self.clock.seconds())
         self.done(flow)
