@@ -497,6 +497,16 @@ class RawConnection:
             raise IncompleteResponse(closed, bytes(raw + self.buf), head)
 
 
+@contextlib.contextmanager
+def tunnel(port: int, authority: str, timeout: float = 10.0) -> Iterator[RawConnection]:
+    """A connection to the proxy on `port` whose CONNECT to `authority` was answered 200."""
+    with RawConnection(port, timeout=timeout) as conn:
+        conn.send(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        head = conn.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        yield conn
+
+
 def exchange(
     port: int, data: bytes, method: str = "GET", timeout: float = 10.0
 ) -> tuple[HTTPResponse, RawConnection]:

@@ -35,6 +35,7 @@ from tests.support import (
     respond_chunked,
     response_head,
     run_curl,
+    tunnel,
     wait_for,
 )
 
@@ -247,11 +248,7 @@ def test_a_passthrough_tunnel_is_one_flow_with_its_bytes_each_way(
         '[tls]\npassthrough = ["127.0.0.1"]\n', env={"INTERCEPTOR_CAPTURE_STORE": str(store)}
     )
     origin.route("/inside", respond(b"x" * 1000))
-    with RawConnection(proxy.port) as conn:
-        conn.send(
-            f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
-        )
-        assert conn.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    with tunnel(proxy.port, origin.authority) as conn:
         sent = f"GET /inside HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
         conn.send(sent)
         assert conn.read_response().body == b"x" * 1000

@@ -11,7 +11,7 @@ import pytest
 from twisted.logger import LogLevel
 
 from interceptor.logs import StdoutObserver, json_line
-from tests.support import OriginServer, ProxyProcess, RawConnection, respond
+from tests.support import OriginServer, ProxyProcess, respond, tunnel
 
 
 def event(**fields):
@@ -81,11 +81,7 @@ def test_text_line_fast_path_matches_twistd_style():
 
 def _tunnel_through(proxy: ProxyProcess, origin: OriginServer) -> bytes:
     """A passthrough CONNECT carrying one GET, then the client's FIN; what it sent."""
-    with RawConnection(proxy.port) as conn:
-        conn.send(
-            f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
-        )
-        assert conn.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    with tunnel(proxy.port, origin.authority) as conn:
         sent = f"GET /t HTTP/1.1\r\nHost: {origin.authority}\r\nConnection: close\r\n\r\n".encode()
         conn.send(sent)
         assert conn.read_until_close().endswith(b"x" * 500)
