@@ -526,7 +526,13 @@ def _check_endpoint(description: str) -> None:
     try:
         endpoint = serverFromString(_Stub(), description)
     except (ValueError, LookupError, TypeError) as error:
-        hint = f" (did you mean 'tcp:{description}'?)" if description.isdigit() else ""
+        hint = (
+            # 'tcp:PORT' alone listens on every interface: an open proxy. Suggest loopback.
+            f" (did you mean 'tcp:{description}:interface=127.0.0.1' or '127.0.0.1:"
+            f"{description}'?)"
+            if description.isdigit()
+            else ""
+        )
         raise _Invalid(f"not a valid endpoint {description!r}: {error}{hint}") from None
     # Twisted does not range-check ports while parsing; a typo like 80800 would otherwise
     # only surface as an OverflowError at startup.
@@ -535,9 +541,26 @@ def _check_endpoint(description: str) -> None:
         raise _Invalid(f"not a valid endpoint {description!r}: port {port} is out of range")
 
 
+# HOST:PORT, as people write an address: 127.0.0.1:9090, [::1]:9090, localhost:9090.
+_SHORTHAND = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>\d{1,3}(?:\.\d{1,3}){3})|(?P<name>localhost))"
+    r":(?P<port>\d{1,5})"
+)
+
+
+def _expand_endpoint(description: str) -> str:
+    """`HOST:PORT` (an IP literal or localhost) as the Twisted endpoint it stands for."""
+    m = _SHORTHAND.fullmatch(description.strip())
+    if m is None:
+        return description
+    if m["v6"]:
+        return f"tcp6:{m['port']}:interface={m['v6'].replace(':', chr(92) + ':')}"
+    return f"tcp:{m['port']}:interface={m['v4'] or '127.0.0.1'}"
+
+
 def _endpoints(*, required: bool) -> _Check:
     def check(value: object) -> object:
-        endpoints = cast("tuple[str, ...]", value)  # _STRS.coerce has run
+        endpoints = tuple(_expand_endpoint(e) for e in cast("tuple[str, ...]", value))
         if required and not endpoints:
             raise _Invalid("at least one endpoint is required")
         for description in endpoints:
@@ -551,7 +574,8 @@ def _endpoints(*, required: bool) -> _Check:
 
 def _endpoint(value: object) -> object:
     if value:
-        _check_endpoint(str(value))
+        value = _expand_endpoint(str(value))
+        _check_endpoint(value)
     return value
 
 

@@ -32,7 +32,7 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Endpoint to listen on, e.g. tcp:9090:interface=127.0.0.1 (repeatable)."""
+        """Endpoint to listen on: tcp:9090:interface=127.0.0.1, or 127.0.0.1:9090 (repeatable)."""
         self["listen"].append(endpoint)
 
     def opt_version(self) -> None:

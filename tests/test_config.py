@@ -166,7 +166,7 @@ FILE_ERRORS = [
     ('[proxy]\nlisten = "bogus:1"\n', "proxy.listen", "not a valid endpoint"),
     ('[proxy]\nlisten = "tcp:80:nope=1"\n', "proxy.listen", "not a valid endpoint"),
     ('[proxy]\nlisten = "tcp"\n', "proxy.listen", "not a valid endpoint"),
-    ('[proxy]\nlisten = "8080"\n', "proxy.listen", "did you mean 'tcp:8080'"),
+    ('[proxy]\nlisten = "8080"\n', "proxy.listen", "did you mean 'tcp:8080:interface=127.0.0.1'"),
     ('[proxy]\nlisten = "tcp:80800"\n', "proxy.listen", "out of range"),
     ('[proxy]\nlisten = ["tcp:1", ""]\n', "proxy.listen", "empty endpoint"),
     ('[proxy]\nlisten = ["tcp:1", "tcp:1"]\n', "proxy.listen", "twice"),
@@ -712,3 +712,24 @@ def test_addon_references_are_validated():
     with pytest.raises(ConfigError) as info:
         load_config(environ={"INTERCEPTOR_HOOKS_ADDONS": "not a reference"})
     assert "module:name" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "given, endpoint",
+    [
+        ("127.0.0.1:9090", "tcp:9090:interface=127.0.0.1"),
+        ("localhost:9090", "tcp:9090:interface=127.0.0.1"),
+        ("[::1]:9090", "tcp6:9090:interface=\\:\\:1"),
+        ("tcp:9090:interface=127.0.0.1", "tcp:9090:interface=127.0.0.1"),
+    ],
+)
+def test_host_port_is_shorthand_for_a_tcp_endpoint(given: str, endpoint: str) -> None:
+    # As `--listen` gives it (the same checks as the file and the environment).
+    assert load_config(None, {}, {"proxy.listen": [given]}).proxy.listen == (endpoint,)
+    assert load_config(environ={"INTERCEPTOR_WEB_LISTEN": given}).web.listen == endpoint
+
+
+def test_a_bare_port_is_refused_with_a_hint_that_keeps_to_loopback() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"proxy.listen": ["9090"]})
+    assert "did you mean 'tcp:9090:interface=127.0.0.1' or '127.0.0.1:9090'?" in str(info.value)
