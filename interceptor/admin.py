@@ -9,14 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from .process import open_fd_count
+from . import __version__
+from .process import Histogram, open_fd_count
 
 if TYPE_CHECKING:
     from .service import ProxyService
@@ -142,6 +148,34 @@ class _Collector:
         m.add_metric(["hit"], minter.hits if minter is not None else 0)
         m.add_metric(["miss"], minter.misses if minter is not None else 0)
         yield m
+        yield _histogram(
+            "interceptor_request_duration_seconds",
+            "From a request head read to its exchange's end",
+            c.request_duration,
+        )
+        yield _histogram(
+            "interceptor_time_to_first_byte_seconds",
+            "From a request head read to its response head",
+            c.time_to_first_byte,
+        )
+        yield _histogram(
+            "interceptor_upstream_connect_seconds", "TCP connects to origins", c.upstream_connect
+        )
+        tls = HistogramMetricFamily(
+            "interceptor_tls_handshake_seconds", "TLS handshakes, by side", labels=["side"]
+        )
+        tls.add_metric(["client"], c.client_tls.cumulative(), c.client_tls.sum)
+        tls.add_metric(["upstream"], c.upstream_tls.cumulative(), c.upstream_tls.sum)
+        yield tls
+        info = InfoMetricFamily("interceptor_build", "The running interceptor")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+
+def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(
+        name, text, buckets=histogram.cumulative(), sum_value=histogram.sum
+    )
 
 
 class _Text(Resource):
@@ -169,6 +203,8 @@ def admin_site(service: ProxyService) -> Site:
     """The admin web site for `service` (a ProxyService)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(service))
+    # The standard process_* metrics: memory, CPU, descriptors, start time (from /proc).
+    ProcessCollector(registry=registry)
 
     def healthz() -> tuple[int, bytes, bytes]:
         return 200, b"text/plain", b"ok\n"

@@ -24,6 +24,7 @@ from typing import IO, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import interceptor
 from tests.support import (
     BASE_ENV,
     LOOPBACK,
@@ -235,6 +236,22 @@ def test_health_readiness_and_metrics(
     assert metric_value(after, *clients) == before_clients + 1
     # Scrapes themselves are not proxy traffic.
     assert metric_value(scrape(admin_port), *clients) == before_clients + 1
+
+    # What a dashboard is built from: latency histograms, the process, the build.
+    families = {f.name: f for f in text_string_to_metric_families(after)}
+    for name in (
+        "interceptor_request_duration_seconds",
+        "interceptor_time_to_first_byte_seconds",
+        "interceptor_upstream_connect_seconds",
+    ):
+        assert families[name].type == "histogram", name
+        counted = metric_value(after, f"{name}_count", {})
+        assert counted >= 1 and metric_value(after, f"{name}_bucket", {"le": "+Inf"}) == counted
+    assert families["interceptor_tls_handshake_seconds"].type == "histogram"
+    assert metric_value(after, "process_resident_memory_bytes", {}) > 10_000_000
+    assert metric_value(after, "process_start_time_seconds", {}) > 1.6e9
+    version = metric_value(after, "interceptor_build_info", {"version": interceptor.__version__})
+    assert version == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,7 +136,13 @@ class ProxyContext:
     def record(self, flow: HTTPFlow) -> None:
         """An exchange is over: count what the client got and tell the hooks (the access log)."""
         status = flow.status
-        self.counters.responses[f"{status // 100}xx" if status else "none"] += 1
+        counters = self.counters
+        counters.responses[f"{status // 100}xx" if status else "none"] += 1
+        started = flow.timestamp_created
+        counters.request_duration.observe(self.clock.seconds() - started)
+        resp = flow.response
+        if resp is not None:
+            counters.time_to_first_byte.observe(resp.timestamp_start - started)
         self.hooks.flow_end(flow)
 
     def when_closed(self, callback: Callable[[], None]) -> None:

@@ -43,6 +43,7 @@ class ClientConnection(Leg):
         self._head_started = 0.0
         self._timer: IDelayedCall | None = None
         self._tls_host: str | None = None  # intercepted CONNECT host while its handshake runs
+        self._tls_started = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -91,6 +92,7 @@ class ClientConnection(Leg):
         """Terminate the client's TLS here for CONNECT `host`; `leftover` are bytes already read
         past the CONNECT head."""
         self._tls_host = host
+        self._tls_started = self.clock.seconds()
         # The TCP transport itself: startTLS wraps it in place, so our stream stays valid.
         transport = cast(TLSCapable, self.transport)
         transport.unregisterProducer()
@@ -106,6 +108,7 @@ class ClientConnection(Leg):
         if self._tls_host is not None:
             self.ctx.learned.accepted(self._tls_host)
             self._tls_host = None
+            self.counters.client_tls.observe(self.clock.seconds() - self._tls_started)
 
     def _buffer_signal(self) -> BufferSignal:
         session = self.session

@@ -106,7 +106,8 @@ class UpstreamConnection(Leg):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.timestamp_tcp_setup = self.clock.seconds()
+        self.timestamp_tcp_setup = now = self.clock.seconds()
+        self.counters.upstream_connect.observe(now - self.timestamp_start)
         assert self.stream is not None  # makeConnection set it
         self.stream.registerProducer(BufferSignal(self._buffer_full, self._buffer_drained), True)
         if not self.tls:
@@ -132,7 +133,9 @@ class UpstreamConnection(Leg):
 
     def handshakeCompleted(self) -> None:
         # Twisted verified chain and name before calling this; only now may bytes flow.
-        self.timestamp_tls_setup = self.clock.seconds()
+        self.timestamp_tls_setup = now = self.clock.seconds()
+        if self.timestamp_tcp_setup is not None:
+            self.counters.upstream_tls.observe(now - self.timestamp_tcp_setup)
         self._ready()
 
     def _buffer_full(self) -> None:
