@@ -170,7 +170,7 @@ class LimitsConfig:
 class AdminConfig:
     """The admin/metrics endpoint; an empty ``listen`` disables it."""
 
-    listen: tuple[str, ...] = ("tcp:8081:interface=127.0.0.1",)
+    listen: tuple[str, ...] = ("auto",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))
@@ -558,9 +558,11 @@ def _expand_endpoint(description: str) -> str:
     return f"tcp:{m['port']}:interface={m['v4'] or '127.0.0.1'}"
 
 
-def _endpoints(*, required: bool) -> _Check:
+def _endpoints(*, required: bool, auto: bool = False) -> _Check:
     def check(value: object) -> object:
         endpoints = tuple(_expand_endpoint(e) for e in cast("tuple[str, ...]", value))
+        if auto and endpoints == ("auto",):
+            return endpoints  # made concrete by the service, from the proxy's own port
         if required and not endpoints:
             raise _Invalid("at least one endpoint is required")
         for description in endpoints:
@@ -736,8 +738,9 @@ _FIELDS: tuple[_Field, ...] = (
        "htpasswd file of bcrypt entries (htpasswd -B); if set, clients must authenticate."),
     _F("limits", "max_open_files", _MAX_FILES, "hard", (_at_least(64),),
        'Open-file soft limit to set at startup: "hard" (raise to the hard limit) or >= 64.'),
-    _F("admin", "listen", _STRS, ["tcp:8081:interface=127.0.0.1"], (_endpoints(required=False),),
-       "Twisted endpoint(s) for the admin/metrics endpoint; empty disables it."),
+    _F("admin", "listen", _STRS, ["auto"], (_endpoints(required=False, auto=True),),
+       'Twisted endpoint(s) for the admin/metrics endpoint; "auto": 127.0.0.1 on the port after '
+       "the first proxy port's (8081 for 8080); empty disables it."),
     _F("log", "access", _BOOL, True, (),
        "Write one access-log line per request."),
     _F("log", "format", _STR, "text", (_one_of("text", "json"),),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 import secrets
 import signal
 import socket
@@ -172,12 +173,14 @@ class ProxyService(Service):
             via=via,
         )
         _log.info("Via pseudonym {via}", via=via)
-        factory = ProxyFactory(self.ctx, self.registry)
-        for description in cfg.proxy.listen:
-            self.ports.append(self._listen(description, factory))
-            _log.info("proxy listening on {endpoint}", endpoint=description)
+        # The proxy's own listeners first: a busy admin or UI port stops start-up before the
+        # proxy's port exists, so nothing is proxied by an instance that is about to exit.
         self._start_admin()
         self._start_web(ca)
+        factory = ProxyFactory(self.ctx, self.registry)
+        for description in cfg.proxy.listen:
+            self.ports.append(self._listen(description, factory, "proxy.listen"))
+            _log.info("proxy listening on {endpoint}", endpoint=description)
         self.ctx.learned = LearnedPassthrough(
             self.reactor, cfg.tls.learn_passthrough, cfg.tls.learn_passthrough_ttl
         )
@@ -242,18 +245,22 @@ class ProxyService(Service):
     def _stop_when_running(self, signum: int, frame: Any) -> None:
         self.reactor.callWhenRunning(self.reactor.stop)
 
-    def _listen(self, description: str, factory: IProtocolFactory) -> IListeningPort:
+    def _listen(self, description: str, factory: IProtocolFactory, key: str) -> IListeningPort:
+        """Listen on `description` for the setting `key`; a failure is one line naming both,
+        exit 2 (what to change is the configuration)."""
         try:
             endpoint = endpoints.serverFromString(self.reactor, description)
         except ValueError as e:
-            raise StartupError(f"cannot use endpoint {description!r}: {e}") from None
+            raise StartupError(f"{key}: cannot use endpoint {description!r}: {e}", code=2) from None
         result: list[IListeningPort | Failure] = []
         endpoint.listen(factory).addBoth(result.append)
         if not result:
-            raise StartupError(f"listening on {description} did not complete at start-up")
+            raise StartupError(f"{key}: listening on {description} did not complete at start-up")
         port = result[0]
         if isinstance(port, Failure):
-            raise StartupError(f"cannot listen on {description}: {port.getErrorMessage()}")
+            raise StartupError(
+                f"{key}: cannot listen on {description}: {port.getErrorMessage()}", code=2
+            )
         return port
 
     def _start_tls(self, hooks: HookChain, ca: tls.CertificateAuthority) -> tls.LeafMinter:
@@ -324,32 +331,46 @@ class ProxyService(Service):
         except ImportError:
             return
         site = admin_site(self)
-        for description in self.config.admin.listen:
-            self.admin_ports.append(self._listen(description, site))
+        for description in self.admin_endpoints():
+            self.admin_ports.append(self._listen(description, site, "admin.listen"))
             _log.info("admin listening on {endpoint}", endpoint=description)
+
+    def admin_endpoints(self) -> tuple[str, ...]:
+        """`[admin] listen`, with "auto" made the loopback port after the first proxy port's:
+        instances that differ only in `--listen` then have admin ports apart as well."""
+        listen = self.config.admin.listen
+        if listen != ("auto",):
+            return listen
+        for description in self.config.proxy.listen:
+            m = re.match(r"tcp6?:(\d+)", description)
+            if m is not None:
+                return (f"tcp:{int(m[1]) + 1}:interface=127.0.0.1",)
+        _log.info("admin endpoint off: [admin] listen is auto and the proxy has no TCP port")
+        return ()
 
     def _start_web(self, ca: tls.CertificateAuthority) -> None:
         cfg = self.config
         if not cfg.web.listen:
             return
         token = cfg.web.token or secrets.token_urlsafe(24)
-        first = self.ports[0].getHost()
-        # Replays from the UI go through this proxy, so they are captured as well.
-        proxy = (
-            f"http://{_url_host(first.host)}:{first.port}"
-            if isinstance(first, IPv4Address | IPv6Address)
-            else None
-        )
+
+        def proxy() -> str | None:
+            # Replays from the UI go through this proxy, so they are captured as well.
+            first = self.ports[0].getHost() if self.ports else None
+            if isinstance(first, IPv4Address | IPv6Address):
+                return f"http://{_url_host(first.host)}:{first.port}"
+            return None
+
         self.web = web = WebUI(
             cfg.capture.store,
             token,
             self.reactor,
             self.reactor.getThreadPool(),
             self.reactor,
-            replay_proxy=lambda: proxy,
+            replay_proxy=proxy,
             replay_cacert=str(ca.cert_path),
         )
-        port = self._listen(cfg.web.listen, web.site())
+        port = self._listen(cfg.web.listen, web.site(), "web.listen")
         self.web_ports.append(port)
         address = port.getHost()
         if not isinstance(address, IPv4Address | IPv6Address):

@@ -17,7 +17,7 @@ from .config import ConfigError, load_config
 class Options(usage.Options):
     """`twistd interceptor` options. Everything else lives in the config file (conf/)."""
 
-    synopsis = "[--config FILE] [--listen ENDPOINT ...]"
+    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--admin-listen ENDPOINT ...]"
     longdesc = (
         "An HTTP/TLS intercepting forward proxy. Settings come from, in order of precedence: "
         "these options, INTERCEPTOR_<SECTION>_<KEY> environment variables, the TOML file "
@@ -30,10 +30,16 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["admin_listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Endpoint to listen on: tcp:9090:interface=127.0.0.1, or 127.0.0.1:9090 (repeatable)."""
         self["listen"].append(endpoint)
+
+    def opt_admin_listen(self, endpoint: str) -> None:
+        """Endpoint of the admin endpoint (/healthz, /readyz, /metrics), e.g. 127.0.0.1:9091
+        (repeatable; default: the port after the first --listen port's, on 127.0.0.1)."""
+        self["admin_listen"].append(endpoint)
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -44,6 +50,8 @@ class Options(usage.Options):
         overrides: dict[str, Any] = {}
         if self["listen"]:
             overrides["proxy.listen"] = list(self["listen"])
+        if self["admin_listen"]:
+            overrides["admin.listen"] = list(self["admin_listen"])
         try:
             self.config = load_config(self["config"], os.environ, overrides)
         except ConfigError as e:

@@ -1490,15 +1490,16 @@ def get(url: str, headers: Sequence[tuple[str, str]] = (), version: str = "HTTP/
     return request_bytes("GET", url, [("Host", authority), *headers], version=version)
 
 
-def failed_start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `twistd -n interceptor` once with `env` (INTERCEPTOR_* variables) on top of a clean
-    environment, its own CA dir and no admin listener: for start-ups that must fail at once."""
+def failed_start(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `twistd -n interceptor ARGS` once with `env` (INTERCEPTOR_* variables) on top of a
+    clean environment, its own CA dir and no admin listener: for start-ups that must fail at
+    once."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("INTERCEPTOR_")}
     full.update(
         {"INTERCEPTOR_TLS_CA_DIR": str(tmp_path / "ca"), "INTERCEPTOR_ADMIN_LISTEN": "", **env}
     )
     return subprocess.run(
-        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "interceptor"],
+        [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "interceptor", *args],
         cwd=tmp_path,
         env=full,
         capture_output=True,

@@ -83,7 +83,7 @@ def test_defaults() -> None:
     assert cfg.tls.leaf_cache_size == 1000
     assert cfg.tls.ca_page_host == "interceptor.ca"
     assert cfg.limits.max_open_files is None
-    assert cfg.admin.listen == ("tcp:8081:interface=127.0.0.1",)
+    assert cfg.admin.listen == ("auto",)  # 127.0.0.1, the port after the proxy's
     assert cfg.log.access is True
     assert cfg.log.format == "text"
 

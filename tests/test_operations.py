@@ -34,6 +34,7 @@ from tests.support import (
     ProxyProcess,
     RawConnection,
     drip,
+    failed_start,
     free_port,
     get,
     respond,
@@ -196,6 +197,61 @@ def test_listen_addresses_come_from_the_environment(
     assert f"proxy listening on tcp:{proxy_port}:interface={LOOPBACK}" in log, log
     assert f"admin listening on tcp:{admin_port}:interface={LOOPBACK}" in log, log
     assert "tcp:8080" not in log and "tcp:8081" not in log, log
+
+
+def _port_pair() -> int:
+    """A free port whose next port is free too (the admin endpoint's "auto")."""
+    for _ in range(50):  # bounded
+        port = free_port()
+        if port < 65535:
+            with socket.socket() as probe:
+                try:
+                    probe.bind((LOOPBACK, port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two free adjacent ports on loopback")
+
+
+def test_two_instances_that_differ_only_in_listen_both_run(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    """The admin endpoint's default follows the proxy port (the next one), so a second
+    instance with another --listen does not collide with the first one's admin port."""
+    url = origin.route("/both", respond(b"both\n"))
+    running = []
+    for _ in range(2):
+        port = _port_pair()
+        proxy = proxy_factory(env={"INTERCEPTOR_ADMIN_LISTEN": "auto"}, port=port)
+        proxy.wait_for_log(rf"admin listening on tcp:{port + 1}:interface=127\.0\.0\.1")
+        running.append((proxy, port))
+    for proxy, port in running:
+        assert fetch(port, url) == (200, b"both\n")
+        assert admin_status(port + 1, "/healthz") == 200
+        assert proxy.running()
+
+
+def test_a_busy_admin_port_is_one_line_exit_2_and_no_proxy_port(tmp_path: Path) -> None:
+    proxy_port = free_port()
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen(1)
+        admin_port = busy.getsockname()[1]
+        result = failed_start(
+            tmp_path,
+            *("--listen", f"127.0.0.1:{proxy_port}", "--admin-listen", f"127.0.0.1:{admin_port}"),
+        )
+    assert result.returncode == 2, result
+    # twistd has taken the output over by then: the line is one of its log's, and the only
+    # error among them.
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "#error]" in line or "Traceback" in line]
+    assert len(errors) == 1, output
+    assert errors[0].endswith(
+        f"interceptor: admin.listen: cannot listen on tcp:{admin_port}:interface=127.0.0.1: "
+        f"Couldn't listen on 127.0.0.1:{admin_port}: [Errno 98] Address already in use."
+    ), errors
+    assert "proxy listening" not in output  # the proxy's port was never opened
 
 
 # --------------------------------------------------------------------------------------------
