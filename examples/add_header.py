@@ -11,7 +11,7 @@ Load it:
     [hooks]
     scripts = ["examples/add_header.py"]
 
-or `INTERCEPTOR_HOOKS_SCRIPTS=examples/add_header.py twistd -n interceptor`.
+or `INTERCEPTOR_HOOKS_SCRIPTS=examples/add_header.py twistd -n --pidfile= interceptor`.
 """
 
 from interceptor import http

@@ -12,7 +12,7 @@ Load it:
     [hooks]
     scripts = ["examples/async_lookup.py"]
 
-or `INTERCEPTOR_HOOKS_SCRIPTS=examples/async_lookup.py twistd -n interceptor`.
+or `INTERCEPTOR_HOOKS_SCRIPTS=examples/async_lookup.py twistd -n --pidfile= interceptor`.
 """
 
 import asyncio

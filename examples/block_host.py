@@ -10,7 +10,7 @@ Load it:
     [hooks]
     scripts = ["examples/block_host.py"]
 
-or `INTERCEPTOR_HOOKS_SCRIPTS=examples/block_host.py twistd -n interceptor`.
+or `INTERCEPTOR_HOOKS_SCRIPTS=examples/block_host.py twistd -n --pidfile= interceptor`.
 """
 
 from interceptor import http

@@ -12,7 +12,7 @@ Load it:
     [hooks]
     scripts = ["examples/log_json_bodies.py"]
 
-or `INTERCEPTOR_HOOKS_SCRIPTS=examples/log_json_bodies.py twistd -n interceptor`.
+or `INTERCEPTOR_HOOKS_SCRIPTS=examples/log_json_bodies.py twistd -n --pidfile= interceptor`.
 """
 
 import json

@@ -14,7 +14,7 @@ Load it:
     [hooks]
     scripts = ["examples/rewrite_html.py"]
 
-or `INTERCEPTOR_HOOKS_SCRIPTS=examples/rewrite_html.py twistd -n interceptor`.
+or `INTERCEPTOR_HOOKS_SCRIPTS=examples/rewrite_html.py twistd -n --pidfile= interceptor`.
 """
 
 from interceptor import http

@@ -272,7 +272,7 @@ class ProxyService(Service):
             _log.warn("verify_upstream = false: upstream certificates are NOT checked")
         self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
         hooks.add(
-            CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der, str(ca.cert_path)), trusted=True
+            CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der), trusted=True
         )
         return minter
 

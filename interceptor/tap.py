@@ -19,9 +19,13 @@ class Options(usage.Options):
 
     synopsis = "[--config FILE] [--listen ENDPOINT ...] [--admin-listen ENDPOINT ...]"
     longdesc = (
-        "An HTTP/TLS intercepting forward proxy. Settings come from, in order of precedence: "
-        "these options, INTERCEPTOR_<SECTION>_<KEY> environment variables, the TOML file "
-        "(--config or $INTERCEPTOR_CONFIG), built-in defaults. See conf/interceptor.toml."
+        "An HTTP/TLS intercepting forward proxy. By default it listens on 127.0.0.1:8080, "
+        "serves /healthz, /readyz and /metrics on 127.0.0.1 at the next port (8081), keeps its "
+        "CA in ~/.interceptor (ca.pem: trust it once), and hands the CA to clients at "
+        "http://interceptor.ca/ through the proxy. Settings come from, in order of "
+        "precedence: these options, INTERCEPTOR_<SECTION>_<KEY> environment variables, the "
+        "TOML file (--config or $INTERCEPTOR_CONFIG), built-in defaults; every key is in the "
+        "project's docs/configuration.md and conf/interceptor.toml."
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $INTERCEPTOR_CONFIG)."],
@@ -37,8 +41,8 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_admin_listen(self, endpoint: str) -> None:
-        """Endpoint of the admin endpoint (/healthz, /readyz, /metrics), e.g. 127.0.0.1:9091
-        (repeatable; default: the port after the first --listen port's, on 127.0.0.1)."""
+        """Endpoint for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9091 (repeatable;
+        default: 127.0.0.1, the port after the first --listen port's)."""
         self["admin_listen"].append(endpoint)
 
     def opt_version(self) -> None:

@@ -123,7 +123,7 @@ def test_reference_file_lists_every_key_and_env_var() -> None:
     assert sorted(present) == sorted(ALL_KEYS)
     for spec in config_module._FIELDS:
         assert spec.env in text, spec.env
-    assert "twistd -n interceptor --config conf/interceptor.toml" in text
+    assert "twistd -n --pidfile= interceptor --config conf/interceptor.toml" in text
     assert DEFAULT_CONFIG_ENV in text
 
 

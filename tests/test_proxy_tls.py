@@ -15,6 +15,7 @@ download page, ALPN, and a ClientHello pipelined behind the CONNECT head.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -679,7 +680,15 @@ def test_ca_page_serves_the_ca_certificate(tls_proxy: ProxyProcess) -> None:
         assert resp.status == 200, (path, resp.status, resp.body[:200])
         responses[path] = resp
     assert (responses["/"].header("content-type") or "").startswith("text/html")
-    assert b"ca.pem" in responses["/"].body and b"ca.der" in responses["/"].body
+    page = responses["/"].body.decode()
+    assert "ca.pem" in page and "ca.der" in page
+    # The fingerprint to check, the proxy address this client used, steps per platform, and
+    # nothing about the server (its CA path least of all).
+    digest = hashlib.sha256(responses["/ca.der"].body).hexdigest().upper()
+    assert ":".join(digest[i : i + 2] for i in range(0, 64, 2)) in page
+    assert f"curl -x http://127.0.0.1:{tls_proxy.port} --cacert ca.pem" in page
+    assert "certutil -d sql:$HOME/.pki/nssdb" in page and "&lt;-loopback&gt;" in page
+    assert str(ca_dir(tls_proxy)) not in page and "On disk" not in page
     assert responses["/ca.pem"].header("content-type") == "application/x-pem-file"
     assert responses["/ca.pem"].body == on_disk
     assert responses["/ca.der"].header("content-type") == "application/x-x509-ca-cert"

@@ -7,10 +7,14 @@ the proxy, before the user trusts anything.
 
 from __future__ import annotations
 
+import hashlib
 import html
 
+from ..hosts import format_authority
 from ..http import HTTPFlow, Response
 
+# What a client needs to trust the CA, and nothing about the server it runs on: the page is
+# served to anyone who can use the proxy.
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>interceptor CA certificate</title></head>
 <body>
@@ -20,27 +24,39 @@ _PAGE = """<!doctype html>
 <li><a href="/ca.pem">ca.pem</a> (PEM: Linux, macOS, Firefox, curl <code>--cacert</code>)</li>
 <li><a href="/ca.der">ca.der</a> (DER: Windows, Android)</li>
 </ul>
+<p>SHA-256 fingerprint: <code>{fingerprint}</code><br>
+Check it against the one your browser or system shows before you trust the certificate.</p>
 <h2>How to install</h2>
 <ul>
-<li>curl: <code>curl -x http://PROXY --cacert ca.pem https://example.com/</code></li>
-<li>Debian/Ubuntu: copy to <code>/usr/local/share/ca-certificates/interceptor.crt</code>,
- run <code>update-ca-certificates</code></li>
-<li>macOS: open ca.pem in Keychain Access, set "Always Trust"</li>
-<li>Firefox: Settings, Certificates, View Certificates, Authorities, Import</li>
-<li>Windows: open ca.der, Install Certificate, "Trusted Root Certification Authorities"</li>
+<li>curl: <code>curl -x {proxy} --cacert ca.pem https://example.com/</code></li>
+<li>Chromium and Chrome on Linux (NSS): <code>certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n
+ interceptor -i ca.pem</code> (package <code>libnss3-tools</code>); start it with
+ <code>--proxy-server={proxy} --proxy-bypass-list='&lt;-loopback&gt;'</code> so that
+ localhost goes through the proxy too</li>
+<li>Firefox: Settings, Privacy &amp; Security, Certificates, View Certificates, Authorities,
+ Import ca.pem, "Trust this CA to identify websites"</li>
+<li>Debian/Ubuntu: <code>sudo cp ca.pem /usr/local/share/ca-certificates/interceptor.crt
+ &amp;&amp; sudo update-ca-certificates</code></li>
+<li>macOS: <code>sudo security add-trusted-cert -d -r trustRoot -k
+ /Library/Keychains/System.keychain ca.pem</code></li>
+<li>Windows (an administrator's prompt): <code>certutil -addstore -f ROOT ca.der</code></li>
 </ul>
-<p>On disk: <code>{path}</code></p>
 </body></html>
 """
+
+
+def fingerprint(der: bytes) -> str:
+    """The SHA-256 fingerprint of a DER certificate, as browsers show it (AB:CD:...)."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
 class CAPage:
     """Addon answering requests for `host` with the CA page and certificate downloads."""
 
-    def __init__(self, host: str, cert_pem: bytes, cert_der: bytes, cert_path: str) -> None:
+    def __init__(self, host: str, cert_pem: bytes, cert_der: bytes) -> None:
         self.host = host.lower()
+        self.fingerprint = fingerprint(cert_der)
         self._files = {
-            b"/": (b"text/html; charset=utf-8", _PAGE.format(path=html.escape(cert_path)).encode()),
             b"/ca.pem": (b"application/x-pem-file", cert_pem),
             b"/ca.der": (b"application/x-x509-ca-cert", cert_der),
         }
@@ -53,6 +69,11 @@ class CAPage:
         if req is None or req._host != self.host:
             return
         path = req._path.split(b"?", 1)[0]
+        if path == b"/":
+            flow.response = Response.make(
+                200, self._page(flow), {"Content-Type": "text/html; charset=utf-8"}
+            )
+            return
         found = self._files.get(path)
         if found is None:
             flow.response = Response.make(
@@ -60,3 +81,9 @@ class CAPage:
             )
         else:
             flow.response = Response.make(200, found[1], {"Content-Type": found[0]})
+
+    def _page(self, flow: HTTPFlow) -> bytes:
+        # The address this client reached the proxy on: what it should configure elsewhere.
+        reached = flow.client_conn.sockname
+        proxy = f"http://{format_authority(*reached)}" if reached else "http://PROXY:PORT"
+        return _PAGE.format(fingerprint=self.fingerprint, proxy=html.escape(proxy)).encode()
