@@ -169,6 +169,7 @@ class ProxyService(Service):
             passthrough=passthrough.matches if passthrough else None,
             tunnel_connect=self._tunnel_connect,
             describe_tls_failure=tls.describe_tls_failure,
+            describe_client_tls_failure=tls.describe_client_tls_failure,
             eager=cfg.tls.connect == "eager",
             via=via,
         )

@@ -513,6 +513,22 @@ def test_verify_upstream_false_accepts_bad_origins_and_says_so(
         assert result.stdout == MARKER, kind
 
 
+def test_a_client_that_does_not_trust_the_ca_is_named_in_the_log(
+    tls_proxy: ProxyProcess, origins: dict[str, TLSOrigin]
+) -> None:
+    """curl without the proxy's CA refuses our leaf (alert unknown ca): the log says so in
+    words, naming the host, where it used to show a bare CONNECT ... 200."""
+    port = origins["good"].ports["127.0.0.1"]
+    empty = tls_proxy.workdir / "no-such-ca.pem"
+    empty.write_bytes(certs.make_origin_root("Nobody")[0])  # trusts something else only
+    result = run_curl("-x", tls_proxy.url, "--cacert", str(empty), f"https://localhost:{port}/1k")
+    assert result.returncode == 60, result  # curl: the peer's certificate was not trusted
+    line = tls_proxy.wait_for_log(
+        r"client does not trust the proxy's CA for localhost \(.*unknown ca.*\)$"
+    ).group(0)
+    assert line.count("\n") == 0
+
+
 # --- 4. passthrough ------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
@@ -42,6 +43,7 @@ from interceptor.tls import (
     LeafMinter,
     TLSSetupError,
     UpstreamTLS,
+    describe_client_tls_failure,
     describe_tls_failure,
 )
 from interceptor.tls.leaf import MAX_ORIGIN_NAMES, origin_names
@@ -808,3 +810,18 @@ def test_describe_other_failures_and_never_raises() -> None:
             raise RuntimeError("no")
 
     assert describe_tls_failure(Nasty()).startswith("upstream TLS handshake failed")
+
+
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")]),
+         "client does not trust the proxy's CA for a.test (tlsv1 alert unknown ca)"),
+        (SSL.Error([("SSL routines", "", "no shared cipher")]),
+         "no shared protocol version or cipher with the client for a.test (no shared cipher)"),
+        (ConnectionDone(), "client closed during the TLS handshake for a.test"),
+        (ValueError("odd\nthing"), "client TLS handshake for a.test failed: ValueError: odd thing"),
+    ],
+)  # fmt: skip
+def test_a_client_handshake_failure_is_one_line_in_words(error: Exception, words: str) -> None:
+    assert describe_client_tls_failure(Failure(error), "a.test") == words

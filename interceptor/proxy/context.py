@@ -99,6 +99,7 @@ class ProxyContext:
         passthrough: Callable[[str], bool] | None = None,
         tunnel_connect: TunnelConnect | None = None,
         describe_tls_failure: Callable[[Failure], str] | None = None,
+        describe_client_tls_failure: Callable[[Failure, str], str] | None = None,
         eager: bool = False,
         via: str | None = None,
     ) -> None:
@@ -118,6 +119,10 @@ class ProxyContext:
         self.passthrough = passthrough or _never
         self.tunnel_connect = tunnel_connect
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage
+        self.describe_client_tls_failure = describe_client_tls_failure or (
+            lambda reason, host: f"client TLS handshake for {host} failed: "
+            + reason.getErrorMessage()
+        )
         # Set by the service once it listens; destinations there are refused (403).
         self.own = OwnAddresses([], frozenset())
         self.access = Access()  # who may use the proxy ([access]); the service sets it

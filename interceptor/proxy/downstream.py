@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
 )
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -26,6 +27,7 @@ from .leg import BufferSignal, Leg, TLSCapable
 from .lifecycle import Ending, Side
 from .session import Session
 
+_log = Logger(namespace="interceptor.tls")
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ClientConnection(Leg):
@@ -84,6 +86,12 @@ class ClientConnection(Leg):
         if self._tls_host is not None:
             # Gone before our TLS handshake completed: an alert, or a close, against our leaf.
             self.ctx.learned.refused(self._tls_host)
+            _log.warn(
+                "{text}",
+                text=f"{self.peer}: {self.ctx.describe_client_tls_failure(reason, self._tls_host)}",
+                client=self.peer,
+                host=self._tls_host,
+            )
         self.session.client_lost(ending)
 
     # -- what the session calls --------------------------------------------------------------

@@ -14,7 +14,7 @@ Host names and patterns are not TLS business: they live in :mod:`interceptor.hos
 from .ca import CertificateAuthority
 from .errors import TLSSetupError
 from .leaf import InterceptContextFactory, LeafMinter
-from .origin import UpstreamTLS, describe_tls_failure
+from .origin import UpstreamTLS, describe_client_tls_failure, describe_tls_failure
 
 # What the service uses; the rest (UpstreamCertificateError, ...) is imported from its module.
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "LeafMinter",
     "TLSSetupError",
     "UpstreamTLS",
+    "describe_client_tls_failure",
     "describe_tls_failure",
 ]

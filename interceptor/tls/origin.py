@@ -24,6 +24,7 @@ from service_identity.hazmat import (
     IPAddressPattern,
     verify_service_identity,
 )
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, OpenSSLDefaultPaths, TLSVersion
 from twisted.logger import Logger
@@ -302,6 +303,39 @@ def _openssl_reasons(error: SSL.Error) -> str:
         if any(reasons):
             return "; ".join(r for r in reasons if r)
     return str(error) or type(error).__name__
+
+
+# What a client's alert or OpenSSL's reason says about why it refused our handshake.
+_DISTRUST = ("unknown ca", "certificate unknown", "bad certificate", "unsupported certificate")
+_NO_SHARED = ("no shared cipher", "unsupported protocol", "version too low", "no protocols",
+              "wrong version number", "protocol version")  # fmt: skip
+
+
+def describe_client_tls_failure(reason: Failure | BaseException, host: str) -> str:
+    """One line saying why an intercepted client's TLS handshake for `host` failed:
+
+    * ``client does not trust the proxy's CA for localhost (tlsv1 alert unknown ca)``,
+    * ``no shared protocol version or cipher with the client for ... (...)``,
+    * ``client closed during the TLS handshake for ...``, or the handshake's own error.
+
+    Never raises."""
+    try:
+        error = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(error, SSL.Error):
+            why = _openssl_reasons(error)
+            if any(word in why for word in _DISTRUST):
+                text = f"client does not trust the proxy's CA for {host} ({why})"
+            elif any(word in why for word in _NO_SHARED):
+                text = f"no shared protocol version or cipher with the client for {host} ({why})"
+            else:
+                text = f"client TLS handshake for {host} failed: {why}"
+        elif isinstance(error, ConnectionDone | ConnectionLost):
+            text = f"client closed during the TLS handshake for {host}"
+        else:
+            text = f"client TLS handshake for {host} failed: {type(error).__name__}: {error}"
+        return one_line(text, limit=300)
+    except Exception:
+        return f"client TLS handshake for {host} failed: (unprintable error)"
 
 
 def _mismatch_target(error: VerificationError) -> str:
