@@ -142,7 +142,7 @@ class ProxyService(Service):
             )
             _log.info("capturing flows to {path}", path=ccfg.store)
         if cfg.log.access:
-            hooks.add(AccessLog(self.reactor), trusted=True)
+            hooks.add(AccessLog(self.reactor, cfg.log.format == "json"), trusted=True)
         self.pool = pool = Pool(
             reactor=self.reactor,
             clock=self.reactor,

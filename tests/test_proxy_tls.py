@@ -16,6 +16,7 @@ download page, ALPN, and a ClientHello pipelined behind the CONNECT head.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,9 +25,11 @@ import stat
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -511,6 +514,30 @@ def test_verify_upstream_false_accepts_bad_origins_and_says_so(
         result = curl_https(proxy, f"https://localhost:{origin.port}/marker", ca_pem(proxy))
         assert result.returncode == 0, kind + result.stderr.decode() + proxy.log_tail()
         assert result.stdout == MARKER, kind
+
+
+def test_a_json_access_line_gives_id_upstream_tls_and_timings(
+    _launcher: ProxyLauncher, pki: PKI, origins: dict[str, TLSOrigin]
+) -> None:
+    proxy = _start(_launcher, pki, INTERCEPTOR_LOG_FORMAT="json")
+    port = origins["bulk"].ports["127.0.0.1"]
+    url = f"https://localhost:{port}/1k"
+    assert curl_https(proxy, url, ca_pem(proxy)).returncode == 0
+
+    def entry() -> dict[str, Any] | None:
+        for line in proxy.log_text().splitlines():
+            if line.startswith("{") and f'"{url}"' in line:
+                return dict(json.loads(line))
+        return None
+
+    found = wait_for(entry, TIMEOUT, message=lambda: proxy.log_tail())
+    assert uuid.UUID(found["id"]).version == 7
+    assert found["upstream"] == f"127.0.0.1:{port}" and found["upstream_reused"] is False
+    assert found["client_tls"] in ("TLSv1.2", "TLSv1.3") and found["client_sni"] == "localhost"
+    assert found["upstream_tls"] in ("TLSv1.2", "TLSv1.3")
+    # connect and tls: the connection's, made for the CONNECT before this request (eager).
+    assert all(found[key] >= 0 for key in ("connect_s", "tls_s", "ttfb_s")), found
+    assert found["ttfb_s"] <= found["total_s"], found
 
 
 def test_a_client_that_does_not_trust_the_ca_is_named_in_the_log(

@@ -17,8 +17,11 @@ _log = Logger(namespace="interceptor.access")
 class AccessLog:
     """Addon: logs client, method, URL, status, bytes and duration of each exchange."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, details: bool = False) -> None:
         self.clock = clock
+        # JSON logs: every line also carries the flow's id, its upstream and TLS, and its
+        # timings (text lines keep their fixed shape, and the hot path its cost).
+        self.details = details
 
     name = "accesslog"
 
@@ -50,7 +53,38 @@ class AccessLog:
             bytes_in=flow.bytes_in,
             duration=round(duration, 6),
             error=error,
+            **(self._details(flow) if self.details else {}),
         )
+
+    def _details(self, flow: HTTPFlow) -> dict[str, object]:
+        """What a JSON line adds: id, upstream (address, reused), TLS of both legs, timings."""
+        out: dict[str, object] = {"id": flow.id}
+        client = flow.client_conn
+        if client.tls_established:
+            out.update(client_tls=client.tls_version, client_sni=client.sni)
+        leg = flow._server_leg
+        start = flow.timestamp_created
+        timings: dict[str, float] = {}
+        if leg is not None:
+            out["upstream"] = leg.peer_text
+            opened = getattr(leg, "timestamp_start", None)
+            # Its first request (perhaps made for the CONNECT before it: eager connects).
+            fresh = opened is not None and leg.requests <= 1
+            out["upstream_reused"] = not fresh
+            if getattr(leg, "tls", False):
+                server = flow.server_conn
+                out.update(upstream_tls=server.tls_version, upstream_sni=server.sni)
+            if fresh and leg.timestamp_tcp_setup is not None:
+                timings["connect"] = leg.timestamp_tcp_setup - opened
+                if leg.timestamp_tls_setup is not None:
+                    timings["tls"] = leg.timestamp_tls_setup - leg.timestamp_tcp_setup
+        resp = flow.response
+        if resp is not None:
+            timings["ttfb"] = resp.timestamp_start - start
+        timings["total"] = self.clock.seconds() - start
+        # Flat keys (the JSON lines carry scalars only): connect_s, tls_s, ttfb_s, total_s.
+        out.update({f"{key}_s": round(value, 6) for key, value in timings.items()})
+        return out
 
     def tunnel_end(self, flow: HTTPFlow) -> None:
         """Log a passthrough tunnel or a WebSocket relay once it is over: its bytes each way,
