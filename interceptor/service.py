@@ -301,13 +301,17 @@ class ProxyService(Service):
                 raise StartupError(f"capture.store: {e}", code=2) from None
 
         cfg = self.config.tls
+        # Both name the setting to change, and exit 2 as a configuration error does.
         try:
             ca = tls.CertificateAuthority.load_or_create(cfg.ca_dir)
+        except tls.TLSSetupError as e:
+            raise StartupError(f"tls.ca_dir: {e}", code=2) from None
+        except OSError as e:
+            raise StartupError(f"tls.ca_dir: {cfg.ca_dir}: {e.strerror or e}", code=2) from None
+        try:
             upstream_tls = tls.UpstreamTLS(cfg.verify_upstream, cfg.upstream_ca_bundle)
         except tls.TLSSetupError as e:
-            raise StartupError(str(e)) from None
-        except OSError as e:
-            raise StartupError(f"{cfg.ca_dir}: {e.strerror or e}") from None
+            raise StartupError(f"tls.upstream_ca_bundle: {e}", code=2) from None
         self.ca, self.upstream_tls = ca, upstream_tls
         return ca, upstream_tls
 
