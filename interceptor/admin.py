@@ -96,6 +96,21 @@ class _Collector:
             m.add_metric([side], c.tls_failures[side])
         yield m
         m = CounterMetricFamily(
+            "interceptor_tls_failure_reasons",
+            "Failed TLS handshakes by side and reason: untrusted_ca, no_shared_version, "
+            "closed_in_handshake (client); verify_failed, name_mismatch (upstream); other",
+            labels=["side", "reason"],
+        )
+        for (side, reason), n in sorted(c.tls_failure_reasons.items()):
+            m.add_metric([side, reason], n)
+        yield m
+        m = CounterMetricFamily(
+            "interceptor_responses_by_code", "Responses to clients by status code", labels=["code"]
+        )
+        for code, n in sorted(c.response_codes.items()):
+            m.add_metric([str(code) if code else "none"], n)
+        yield m
+        m = CounterMetricFamily(
             "interceptor_hook_failures",
             "Addon hooks that raised, timed out or left an invalid head",
             labels=["addon", "event"],

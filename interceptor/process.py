@@ -58,6 +58,8 @@ class Counters:
         self.endings: Counter[tuple[str, str]] = Counter()  # (side, ending) -> n
         self.aborts: Counter[str] = Counter()  # reason -> n
         self.responses: Counter[str] = Counter()  # status class ("2xx") -> n
+        self.response_codes: Counter[int] = Counter()  # status -> n
+        self.tls_failure_reasons: Counter[tuple[str, str]] = Counter()  # (side, reason) -> n
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.tls_failures: Counter[str] = Counter()  # side -> n

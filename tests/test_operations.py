@@ -308,6 +308,7 @@ def test_health_readiness_and_metrics(
     assert metric_value(after, "process_start_time_seconds", {}) > 1.6e9
     version = metric_value(after, "interceptor_build_info", {"version": interceptor.__version__})
     assert version == 1
+    assert metric_value(after, "interceptor_responses_by_code_total", {"code": "200"}) >= 1
 
 
 # --------------------------------------------------------------------------------------------

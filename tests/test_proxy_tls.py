@@ -541,19 +541,26 @@ def test_a_json_access_line_gives_id_upstream_tls_and_timings(
 
 
 def test_a_client_that_does_not_trust_the_ca_is_named_in_the_log(
-    tls_proxy: ProxyProcess, origins: dict[str, TLSOrigin]
+    _launcher: ProxyLauncher, pki: PKI, origins: dict[str, TLSOrigin]
 ) -> None:
     """curl without the proxy's CA refuses our leaf (alert unknown ca): the log says so in
-    words, naming the host, where it used to show a bare CONNECT ... 200."""
+    words, naming the host, where it used to show a bare CONNECT ... 200; /metrics counts it
+    by reason."""
+    admin = free_port()
+    proxy = _start(_launcher, pki, INTERCEPTOR_ADMIN_LISTEN=f"tcp:{admin}:interface=127.0.0.1")
     port = origins["good"].ports["127.0.0.1"]
-    empty = tls_proxy.workdir / "no-such-ca.pem"
+    empty = proxy.workdir / "no-such-ca.pem"
     empty.write_bytes(certs.make_origin_root("Nobody")[0])  # trusts something else only
-    result = run_curl("-x", tls_proxy.url, "--cacert", str(empty), f"https://localhost:{port}/1k")
+    result = run_curl("-x", proxy.url, "--cacert", str(empty), f"https://localhost:{port}/1k")
     assert result.returncode == 60, result  # curl: the peer's certificate was not trusted
-    line = tls_proxy.wait_for_log(
+    line = proxy.wait_for_log(
         r"client does not trust the proxy's CA for localhost \(.*unknown ca.*\)$"
     ).group(0)
     assert line.count("\n") == 0
+    metrics = run_curl(f"http://127.0.0.1:{admin}/metrics").stdout.decode()
+    assert 'interceptor_tls_failure_reasons_total{reason="untrusted_ca",side="client"} 1.0' in (
+        metrics
+    ), metrics
 
 
 # --- 4. passthrough ------------------------------------------------------------------------

@@ -143,6 +143,7 @@ class ProxyContext:
         status = flow.status
         counters = self.counters
         counters.responses[f"{status // 100}xx" if status else "none"] += 1
+        counters.response_codes[status] += 1
         started = flow.timestamp_created
         counters.request_duration.observe(self.clock.seconds() - started)
         resp = flow.response
@@ -168,3 +169,22 @@ class ProxyContext:
 
 def _never(host: str) -> bool:
     return False
+
+
+# How a described TLS failure (tls.describe_tls_failure, describe_client_tls_failure) begins,
+# and the metric label it is counted under.
+_TLS_FAILURE_KINDS = (
+    ("client does not trust", "untrusted_ca"),
+    ("no shared protocol", "no_shared_version"),
+    ("client closed during", "closed_in_handshake"),
+    ("upstream certificate verify failed", "verify_failed"),
+    ("upstream name mismatch", "name_mismatch"),
+)
+
+
+def tls_failure_kind(description: str) -> str:
+    """The reason label of a TLS failure's one-line description ("other" if none fits)."""
+    for start, kind in _TLS_FAILURE_KINDS:
+        if description.startswith(start):
+            return kind
+    return "other"

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..process import SocketRegistry
-from .context import ProxyContext
+from .context import ProxyContext, tls_failure_kind
 from .leg import BufferSignal, Leg, TLSCapable
 from .lifecycle import Ending, Side
 from .session import Session
@@ -86,12 +86,9 @@ class ClientConnection(Leg):
         if self._tls_host is not None:
             # Gone before our TLS handshake completed: an alert, or a close, against our leaf.
             self.ctx.learned.refused(self._tls_host)
-            _log.warn(
-                "{text}",
-                text=f"{self.peer}: {self.ctx.describe_client_tls_failure(reason, self._tls_host)}",
-                client=self.peer,
-                host=self._tls_host,
-            )
+            why = self.ctx.describe_client_tls_failure(reason, self._tls_host)
+            self.counters.tls_failure_reasons["client", tls_failure_kind(why)] += 1
+            _log.warn("{text}", text=f"{self.peer}: {why}", client=self.peer, host=self._tls_host)
         self.session.client_lost(ending)
 
     # -- what the session calls --------------------------------------------------------------

@@ -262,3 +262,4 @@ def connect_ending(status: int) -> Ending:
 
 
 DRAIN_GRACE = 5.0  # seconds a close may take to flush before it becomes an abort
+

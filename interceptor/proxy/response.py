@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ..http import Headers, HTTPFlow, Response
 from . import http1
 from .bodytap import BodyTap
-from .context import ProxyContext
+from .context import ProxyContext, tls_failure_kind
 from .events import (
     CHUNKED,
     END,
@@ -159,7 +159,10 @@ class ResponseSide:
             )
         ):
             ending = Ending.STALE
-        detail = self.ctx.describe_tls_failure(reason) if ending is Ending.TLS_FAILED else ""
+        detail = ""
+        if ending is Ending.TLS_FAILED:
+            detail = self.ctx.describe_tls_failure(reason)
+            self.ctx.counters.tls_failure_reasons["upstream", tls_failure_kind(detail)] += 1
         self.session.end(Side.UPSTREAM, ending, detail)
 
     def upstream_write_blocked(self) -> None:
