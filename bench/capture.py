@@ -134,7 +134,7 @@ from _common import (
     wait_for_proxy,
     write_json,
 )
-from throughput import LoadSpec, loadgen_worker_main
+from throughput import LoadSpec, loadgen_worker_main, run_loadgen
 
 # This tree's store, whatever copy of the package is installed.
 if str(REPO_ROOT) not in sys.path:
@@ -514,24 +514,9 @@ def run_load(
         max_requests=max_requests,
         latency_path=str(latency_path),
     )
-    timeout = duration + spec.connect_timeout + spec.drain_timeout + 30
     cpu0 = proc_cpu_seconds(proxy.pid)
     main0, _ = proc_cpu_split(proxy.pid)
-    try:
-        done = subprocess.run(
-            self_command(__file__, "--loadgen-worker", asdict(spec)),
-            capture_output=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"the load generator did not finish within {timeout:.0f} s") from e
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"the load generator failed (status {done.returncode}):\n"
-            + done.stderr.decode("utf-8", "replace")[-3000:]
-        )
-    summary = json.loads(done.stdout)
+    summary = run_loadgen(__file__, spec, duration)
     expected = sum(before.values()) + summary["issued"]
     counts, settled = proxy.settle(expected)
     cpu1 = proc_cpu_seconds(proxy.pid)

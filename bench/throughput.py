@@ -354,6 +354,29 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     }
 
 
+
+def run_loadgen(script: str, spec: LoadSpec, duration: float) -> dict[str, Any]:
+    """Run `script --loadgen-worker` (a fresh process, so its CPU is not the caller's) for
+    `spec`, bounded in time; its JSON summary. RuntimeError if it fails or overruns."""
+    timeout = duration + spec.connect_timeout + spec.drain_timeout + 30
+    try:
+        done = subprocess.run(
+            self_command(script, "--loadgen-worker", asdict(spec)),
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"the load generator did not finish within {timeout:.0f} s") from e
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the load generator failed (status {done.returncode}):\n"
+            + done.stderr.decode("utf-8", "replace")[-4000:]
+        )
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
 def loadgen_worker_main(spec_json: str) -> None:
     """Entry point of the worker process: run the spec, print the summary as JSON."""
     spec = LoadSpec(**json.loads(spec_json))
@@ -575,22 +598,7 @@ def run_round(
         cpu_pids=pids,
     )
     before = origin_stats(origin_port)
-    timeout = duration + spec.connect_timeout + spec.drain_timeout + 30
-    try:
-        done = subprocess.run(
-            self_command(__file__, "--loadgen-worker", asdict(spec)),
-            capture_output=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"the load generator did not finish within {timeout:.0f} s") from e
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"the load generator failed (status {done.returncode}):\n"
-            + done.stderr.decode("utf-8", "replace")[-4000:]
-        )
-    summary = json.loads(done.stdout)
+    summary = run_loadgen(__file__, spec, duration)
     after = origin_stats(origin_port)
     latencies = read_float_array(latency_path)
     p50, p99 = percentiles(latencies, [50, 99])
