@@ -67,17 +67,18 @@ class AccessLog:
         timings: dict[str, float] = {}
         if leg is not None:
             out["upstream"] = leg.peer_text
-            opened = getattr(leg, "timestamp_start", None)
             # Its first request (perhaps made for the CONNECT before it: eager connects).
-            fresh = opened is not None and leg.requests <= 1
-            out["upstream_reused"] = not fresh
+            first_use = getattr(leg, "first_use", None)
+            setup = first_use() if first_use is not None else None
+            out["upstream_reused"] = setup is None
             if getattr(leg, "tls", False):
                 server = flow.server_conn
                 out.update(upstream_tls=server.tls_version, upstream_sni=server.sni)
-            if fresh and leg.timestamp_tcp_setup is not None:
-                timings["connect"] = leg.timestamp_tcp_setup - opened
-                if leg.timestamp_tls_setup is not None:
-                    timings["tls"] = leg.timestamp_tls_setup - leg.timestamp_tcp_setup
+            if setup is not None and setup[1] is not None:
+                opened, tcp_done, tls_done = setup
+                timings["connect"] = tcp_done - opened
+                if tls_done is not None:
+                    timings["tls"] = tls_done - tcp_done
         resp = flow.response
         if resp is not None:
             timings["ttfb"] = resp.timestamp_start - start

@@ -128,14 +128,15 @@ class Capture:
             rec.server = leg.peer_text
             if getattr(leg, "tls", False):
                 rec.server_tls = _tls(flow.server_conn)
-            opened = getattr(leg, "timestamp_start", None)
-            if opened is not None and opened >= started and leg.requests <= 1:
+            first_use = getattr(leg, "first_use", None)
+            setup = first_use() if first_use is not None else None
+            if setup is not None and setup[0] >= started:
                 # This flow opened the connection: its connect and handshake are its own.
-                timings["tcp_start"] = opened
-                if leg.timestamp_tcp_setup is not None:
-                    timings["tcp_done"] = leg.timestamp_tcp_setup
-                if leg.timestamp_tls_setup is not None:
-                    timings["tls_done"] = leg.timestamp_tls_setup
+                timings["tcp_start"], tcp_done, tls_done = setup
+                if tcp_done is not None:
+                    timings["tcp_done"] = tcp_done
+                if tls_done is not None:
+                    timings["tls_done"] = tls_done
         if resp is not None:
             rec.reason = resp.reason
             rec.response_headers = self._heads(resp)

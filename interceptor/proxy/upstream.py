@@ -104,6 +104,13 @@ class UpstreamConnection(Leg):
         self.timestamp_tcp_setup: float | None = None
         self.timestamp_tls_setup: float | None = None
 
+    def first_use(self) -> tuple[float, float | None, float | None] | None:
+        """(connect began, TCP up, TLS verified) while the connection serves its first
+        request, whose timings its setup belongs to (capture, access log); None after."""
+        if self.requests > 1:
+            return None
+        return self.timestamp_start, self.timestamp_tcp_setup, self.timestamp_tls_setup
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.timestamp_tcp_setup = now = self.clock.seconds()
