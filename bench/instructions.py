@@ -38,8 +38,9 @@ made ``--repeat`` times; the table shows the median and the spread ((max - min) 
 Both origins are ``_common.py origin`` processes with a ``--size``-byte body (1 KiB by
 default); their instructions, and this driver's, are not counted. The proxy is started with
 ``INTERCEPTOR_TLS_CA_DIR``, ``INTERCEPTOR_TLS_UPSTREAM_CA_BUNDLE``, ``INTERCEPTOR_ADMIN_LISTEN=""``,
-``INTERCEPTOR_UPSTREAM_HOSTS=localhost=127.0.0.1`` and ``[log] access = false``; other
-``INTERCEPTOR_*`` settings are inherited from the environment (and printed).
+``INTERCEPTOR_UPSTREAM_HOSTS=localhost=127.0.0.1`` and ``[log] access = false`` (true with
+``--access-log``); other ``INTERCEPTOR_*`` settings are inherited from the environment (and
+printed).
 
 Run from the repository root (each measurement takes about 30-60 s under valgrind)::
 
@@ -363,7 +364,7 @@ def measure(run: Run, mode: str, target: str, repeat: int) -> Measurement:
     assert origin is not None
     proxy, port, desc = start_proxy_on_free_port(
         cmd,
-        access_log_config(False),
+        access_log_config(args.access_log),
         workdir=workdir,
         log_path=log_path,
         env={**os.environ, **forced},
@@ -498,6 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--size", type=int, default=1024, help="response body size in bytes")
     parser.add_argument(
+        "--access-log", action="store_true", help="leave the proxy's access log on (default off)"
+    )
+    parser.add_argument(
         "--compare",
         metavar="REV",
         help="also measure the proxy of git revision REV (exported to a temporary directory), "
@@ -599,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(
                 f"{args.warmup} warm-up + {args.requests} counted requests per proxy, "
-                f"{args.size}-byte body, {args.repeat} measurement(s) of each"
+                f"{args.size}-byte body, {args.repeat} measurement(s) of each, access log "
+                + ("on" if args.access_log else "off")
             )
             # Interleaved, repeat by repeat: each tree's measurements are spread over the run
             # the same way (instructions hardly drift, but any drift then hits both).
@@ -653,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "repeat": args.repeat,
             "size": args.size,
+            "access_log": args.access_log,
             "proxy": run.descs.get(TREE),
             "proxy_env": inherited,
             "compare": args.compare,

@@ -918,6 +918,7 @@ class HTTPFlow:
         "bytes_in",
         "bytes_out",
         "raw",
+        "parent_id",
         "_server_leg",
         "__dict__",
     )
@@ -946,6 +947,8 @@ class HTTPFlow:
         self.bytes_out = 0  # response body bytes to the client
         # (method, target) as the client sent them, for logs when `request` could not be made.
         self.raw: tuple[bytes, bytes] | None = None
+        # Inside an intercepted CONNECT: that CONNECT's flow id, which joins its log lines.
+        self.parent_id: str | None = None
         self._server_leg: Any = None  # the upstream connection, once there is one
 
     def __repr__(self) -> str:

@@ -55,6 +55,7 @@ the proxy's classes live.
 from __future__ import annotations
 
 import difflib
+import re
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -73,6 +74,12 @@ from interceptor.proxy.context import ProxyContext
 from interceptor.proxy.downstream import ClientConnection
 from interceptor.proxy.targets import split_authority
 from interceptor.proxy.upstream import Pool
+
+# Our error bodies end with the exchange's request id, random by design: what a leg receives
+# has it replaced by this one (same length, so Content-Length still holds), which `refusal`
+# writes too.
+REQUEST_ID = b"00000000-0000-7000-8000-000000000000"
+_REQUEST_ID = re.compile(rb"\(request id [0-9a-f-]{36}\)\n")
 
 __all__ = [
     "head",
@@ -272,7 +279,8 @@ class FakeTransport(StringTransport):
 
     def write(self, data: bytes) -> None:
         kind = "discarded" if self.shut_for_writing or self.lost else "receives"
-        self.log.append(_wire(self.leg, kind, bytes(data)))
+        seen = _REQUEST_ID.sub(b"(request id " + REQUEST_ID + b")\n", bytes(data))
+        self.log.append(_wire(self.leg, kind, seen))
         super().write(data)
 
     def writeSequence(self, data: Any) -> None:
@@ -883,8 +891,9 @@ def head(*lines: bytes) -> bytes:
 
 
 def refusal(status: bytes, text: bytes, close: bool = False) -> bytes:
-    """A response the proxy makes itself: `status` such as b"502 Bad Gateway", a text body."""
-    body = text + b"\n"
+    """A response the proxy makes itself: `status` such as b"502 Bad Gateway", a text body
+    (which ends with the request id, REQUEST_ID here)."""
+    body = text + b" (request id " + REQUEST_ID + b")\n"
     lines = [
         b"HTTP/1.1 " + status,
         b"Content-Type: text/plain; charset=utf-8",

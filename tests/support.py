@@ -1165,7 +1165,8 @@ BASE_ENV = {
 _ACCESS_MARK = "[interceptor.access#"
 _ACCESS_RE = re.compile(
     r"^(?P<client>\S+) (?P<method>\S+) (?P<url>\S+) (?P<status>\d+) (?P<bytes>\d+) "
-    r"(?P<duration>\d+\.\d+)s(?: \((?P<error>.*)\))?$"
+    r"(?P<duration>\d+\.\d+)s id=(?P<id>[0-9a-f-]{36})(?: parent=(?P<parent>[0-9a-f-]{36}))?"
+    r"(?: \((?P<error>.*)\))?$"
 )
 
 
@@ -1180,6 +1181,20 @@ class AccessEntry:
     bytes: int
     duration: float
     error: str | None
+    id: str = ""
+    parent: str | None = None  # the CONNECT's id, for a request inside an intercepted one
+
+
+_ERROR_LINE = re.compile(r"(?P<text>.+) \(request id [0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f-]{21}\)\n")
+
+
+def error_line(body: bytes | str) -> str:
+    """The reason in an error body of the proxy's own: exactly one line, which ends with the
+    exchange's request id (checked, then left off)."""
+    text = body.decode() if isinstance(body, bytes) else body
+    m = _ERROR_LINE.fullmatch(text)
+    assert m is not None, f"not one line ending with a request id: {text!r}"
+    return m["text"]
 
 
 def parse_access_line(line: str) -> AccessEntry | None:
@@ -1197,6 +1212,8 @@ def parse_access_line(line: str) -> AccessEntry | None:
         bytes=int(m["bytes"]),
         duration=float(m["duration"]),
         error=m["error"],
+        id=m["id"],
+        parent=m["parent"],
     )
 
 

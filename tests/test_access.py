@@ -16,6 +16,7 @@ from tests import certs
 from tests.support import (
     OriginServer,
     ProxyProcess,
+    error_line,
     exchange,
     get,
     request_bytes,
@@ -103,7 +104,7 @@ def test_a_407_says_how_to_authenticate(guarded: ProxyProcess, origin: OriginSer
     conn.close()
     assert resp.status == 407
     assert resp.header("proxy-authenticate") == 'Basic realm="interceptor"'
-    assert resp.body == b"proxy authentication required\n"
+    assert error_line(resp.body) == "proxy authentication required"
 
 
 @pytest.mark.parametrize(
@@ -157,7 +158,7 @@ def test_clients_outside_allow_are_refused(
     resp, conn = exchange(proxy.port, get(origin.url("/p")))
     conn.close()
     assert resp.status == 403
-    assert resp.body == b"client address 127.0.0.1 is not allowed to use this proxy\n"
+    assert error_line(resp.body) == "client address 127.0.0.1 is not allowed to use this proxy"
     connect = request_bytes("CONNECT", "localhost:443", [("Host", "localhost:443")])
     resp, conn = exchange(proxy.port, connect, method="CONNECT")
     conn.close()

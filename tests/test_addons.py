@@ -22,6 +22,7 @@ from tests.support import (
     ProxyProcess,
     ProxyStartError,
     echo,
+    error_line,
     free_port,
     respond,
     run_curl,
@@ -194,7 +195,9 @@ def test_a_header_injection_is_that_hooks_failure_and_the_client_gets_the_rest(
     assert result.stdout.startswith(b"HTTP/1.1 410 Gone\r\n"), result.stdout
     assert b"Injected" not in result.stdout and b"X-Note" not in result.stdout
     assert result.stdout.endswith(b"\r\n\r\nthe page")
-    proxy.wait_for_log(r"addon inject failed in responseheaders for http://.*/page: .*CR, LF")
+    proxy.wait_for_log(
+        r"addon inject failed in responseheaders for http://.*/page \(request id \S+\): .*CR, LF"
+    )
     text = scrape(admin_port)
     labels = {"addon": "inject", "event": "responseheaders"}
     assert metric_value(text, "interceptor_hook_failures_total", labels) == 1
@@ -361,7 +364,7 @@ def test_a_body_past_body_limit_streams_or_is_refused(
         assert got == body
     else:
         assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
-        assert got == b"response body larger than [hooks] body_limit (64 KiB)\n"
+        assert error_line(got) == "response body larger than [hooks] body_limit (64 KiB)"
     upload = run_curl("-x", proxy.url, "--data-binary", "@-", origin.route("/up", echo()),
                       input=body, timeout=TIMEOUT)  # fmt: skip
     if overflow == "stream":
@@ -369,7 +372,7 @@ def test_a_body_past_body_limit_streams_or_is_refused(
         (req,) = origin.requests_for("/up")
         assert req.body == body
     else:
-        assert upload.stdout == b"request body larger than [hooks] body_limit (64 KiB)\n"
+        assert error_line(upload.stdout) == "request body larger than [hooks] body_limit (64 KiB)"
         assert origin.requests_for("/up") == []
 
 

@@ -290,10 +290,12 @@ def test_serialisation_round_trips_through_the_parser():
     ev = read_request(raw + b"abc")
     assert kinds(ev) == [HEAD, BODY, END]
     assert http1.body_piece(b"hello", CHUNKED) == b"5\r\nhello\r\n"
-    resp = http1.local_response(502, http1.TEXT, http1.text_body("upstream refused"), close=True)
+    body = http1.error_body("upstream refused", "0192-id")
+    resp = http1.local_response(502, http1.TEXT, body, close=True)
     r = read_response(resp)
     assert payload(r.events[0]).status == 502
-    assert b"".join(p for k, p in pairs(r.events) if k == BODY) == b"upstream refused\n"
+    got = b"".join(p for k, p in pairs(r.events) if k == BODY)
+    assert got == b"upstream refused (request id 0192-id)\n"
 
 
 def test_via_names_a_hop_by_its_received_by_part_only() -> None:

@@ -6,12 +6,22 @@ import json
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from twisted.logger import LogLevel
 
 from interceptor.logs import StdoutObserver, json_line
-from tests.support import OriginServer, ProxyProcess, respond, tunnel
+from tests.support import (
+    OriginServer,
+    ProxyProcess,
+    error_line,
+    exchange,
+    free_port,
+    get,
+    respond,
+    tunnel,
+)
 
 
 def event(**fields):
@@ -104,10 +114,49 @@ def test_a_tunnel_is_logged_when_it_closes_with_its_bytes_and_ending(
     if fmt == "text":
         line = proxy.wait_for_log(rf"tunnel {origin.authority} closed: .*$").group(0)
         assert f"closed: {len(sent)} bytes up, " in line
-        assert re.search(rf" down, \d+\.\d{{4}}s, {ENDING}$", line), line
+        m = re.search(rf" down, \d+\.\d{{4}}s, {ENDING} id=(\S+)$", line)
+        assert m is not None, line
+        # The same id as the CONNECT's line when it opened.
+        (opened,) = proxy.wait_for_access(lambda e: e.method == "CONNECT")
+        assert opened.id == m[1], (opened, line)
         return
     found = proxy.wait_for_log(r'^\{.*"kind": ?"tunnel".*\}$').group(0)
     entry = json.loads(found)
+    opening = proxy.wait_for_log(r'^\{.*"method": ?"CONNECT".*\}$').group(0)
+    assert entry["id"] == json.loads(opening)["id"], (entry, opening)
     assert (entry["url"], entry["bytes_up"]) == (origin.authority, len(sent))
     assert entry["bytes_down"] > 500 and entry["duration"] >= 0
     assert re.fullmatch(ENDING, entry["ending"]), entry
+
+
+# -- request ids: one id joins an exchange's access line, its hook failures and its error body --
+
+FAILING_HOOK = """
+def request(flow):
+    if flow.request.path == "/boom":
+        raise RuntimeError("boom")
+"""
+
+
+def test_one_request_id_joins_the_access_line_a_hook_failure_and_an_error_body(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_HOOK)
+    proxy = proxy_factory(env={"INTERCEPTOR_HOOKS_SCRIPTS": str(script)})
+    origin.route("/boom", respond(b"served anyway"))
+    resp, conn = exchange(proxy.port, get(origin.url("/boom")))
+    conn.close()
+    assert resp.status == 200 and resp.body == b"served anyway"
+    (served,) = proxy.wait_for_access(lambda e: e.url == origin.url("/boom"))
+    failure = proxy.wait_for_log(r"addon failing failed in request for \S+ \(request id (\S+)\)")
+    assert failure[1] == served.id, failure.group(0)
+
+    refused = f"http://127.0.0.1:{free_port()}/gone"
+    resp, conn = exchange(proxy.port, get(refused))
+    conn.close()
+    assert resp.status == 502
+    (line,) = proxy.wait_for_access(lambda e: e.url == refused)
+    assert error_line(resp.body) == "upstream refused the connection"
+    assert resp.body.decode().endswith(f"(request id {line.id})\n"), (resp.body, line)
+    assert line.id != served.id

@@ -928,7 +928,8 @@ def test_access_log_one_line_per_request(proxy: ProxyProcess, origin: OriginServ
     for entry in (a, b, c):
         assert 0 <= entry.duration < 5
     line = re.escape(f"{client} GET {origin.url('/log-a?q=1')} 200 1234 ")
-    proxy.wait_for_log(line + r"\d+\.\d+s$")
+    proxy.wait_for_log(line + r"\d+\.\d+s id=[0-9a-f-]{36}$")
+    assert len({a.id, b.id, c.id}) == 3 and c.parent is None
     # still exactly one line each once everything has been written
     assert_still_serving(proxy, origin)
     proxy.wait_for_access(lambda e: e.url == origin.url("/still-serving"))

@@ -524,14 +524,18 @@ def test_a_json_access_line_gives_id_upstream_tls_and_timings(
     url = f"https://localhost:{port}/1k"
     assert curl_https(proxy, url, ca_pem(proxy)).returncode == 0
 
-    def entry() -> dict[str, Any] | None:
+    def entry(target: str) -> dict[str, Any] | None:
         for line in proxy.log_text().splitlines():
-            if line.startswith("{") and f'"{url}"' in line:
+            if line.startswith("{") and f'"url": "{target}"' in line:
                 return dict(json.loads(line))
         return None
 
-    found = wait_for(entry, TIMEOUT, message=lambda: proxy.log_tail())
+    found = wait_for(lambda: entry(url), TIMEOUT, message=lambda: proxy.log_tail())
     assert uuid.UUID(found["id"]).version == 7
+    # The request inside names the CONNECT it came through as its parent.
+    connect = wait_for(lambda: entry(f"localhost:{port}"), TIMEOUT, message=proxy.log_tail)
+    assert connect["method"] == "CONNECT" and connect["parent_id"] is None, connect
+    assert found["parent_id"] == connect["id"] != found["id"], (found, connect)
     assert found["upstream"] == f"127.0.0.1:{port}" and found["upstream_reused"] is False
     assert found["client_tls"] in ("TLSv1.2", "TLSv1.3") and found["client_sni"] == "localhost"
     assert found["upstream_tls"] in ("TLSv1.2", "TLSv1.3")

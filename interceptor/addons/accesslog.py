@@ -19,8 +19,9 @@ class AccessLog:
 
     def __init__(self, clock: IReactorTime, details: bool = False) -> None:
         self.clock = clock
-        # JSON logs: every line also carries the flow's id, its upstream and TLS, and its
-        # timings (text lines keep their fixed shape, and the hot path its cost).
+        # JSON logs: every line also carries the flow's upstream and TLS, and its timings (text
+        # lines keep their fixed shape, and the hot path its cost). Both carry the flow's id,
+        # and inside an intercepted CONNECT that CONNECT's id as the parent.
         self.details = details
 
     name = "accesslog"
@@ -39,12 +40,17 @@ class AccessLog:
         client = flow.client_conn.address_text
         # The line is rendered here once, as `text`: Twisted's format-string machinery would
         # otherwise cost more than the whole proxied exchange (see logs.StdoutObserver).
-        text = f"{client} {method} {url} {flow.status} {flow.bytes_out} {duration:.4f}s"
+        fid, parent = flow.id, flow.parent_id
+        text = f"{client} {method} {url} {flow.status} {flow.bytes_out} {duration:.4f}s id={fid}"
+        if parent is not None:
+            text += f" parent={parent}"
         if error:
             text += f" ({error})"
         _log.info(
             "{text}",
             text=text,
+            id=fid,
+            parent_id=parent,
             client=client,
             method=method,
             url=url,
@@ -57,8 +63,8 @@ class AccessLog:
         )
 
     def _details(self, flow: HTTPFlow) -> dict[str, object]:
-        """What a JSON line adds: id, upstream (address, reused), TLS of both legs, timings."""
-        out: dict[str, object] = {"id": flow.id}
+        """What a JSON line adds: upstream (address, reused), TLS of both legs, timings."""
+        out: dict[str, object] = {}
         client = flow.client_conn
         if client.tls_established:
             out.update(client_tls=client.tls_version, client_sni=client.sni)
@@ -98,11 +104,12 @@ class AccessLog:
         ending = flow.tunnel_ending or "-"
         text = (
             f"{client} {what} {target} closed: {flow.bytes_in} bytes up, {flow.bytes_out} down, "
-            f"{duration:.4f}s, {ending}"
+            f"{duration:.4f}s, {ending} id={flow.id}"
         )
         _log.info(
             "{text}",
             text=text,
+            id=flow.id,
             client=client,
             kind=what,
             url=target,

@@ -185,8 +185,7 @@ class HookChain:
                 try:
                     fn(flow)
                 except Exception:
-                    self.counters.hook_failures[(name, event)] += 1
-                    _log.failure("addon {addon} failed in {event}", addon=name, event=event)
+                    self._crashed(name, event, flow)
                 continue
             before = _Snapshot(event, flow)
             try:
@@ -285,10 +284,12 @@ class HookChain:
         url = req.url if req is not None else "-"
         _log.error(
             "{text}",
-            text=f"addon {name} failed in {event} for {url}: {problem}",
+            text=f"addon {name} failed in {event} for {url} (request id {flow.id}): {problem}",
             addon=name,
             event=event,
             url=url,
+            id=flow.id,
+            parent_id=flow.parent_id,
         )
 
     def transform(
@@ -327,8 +328,14 @@ class HookChain:
             try:
                 fn(flow)
             except Exception:
-                self.counters.hook_failures[(name, event)] += 1
-                _log.failure("addon {addon} failed in {event}", addon=name, event=event)
+                self._crashed(name, event, flow)
+
+    def _crashed(self, name: str, event: str, flow: HTTPFlow) -> None:
+        # One of the proxy's own addons raised: a bug of ours, so the traceback is logged.
+        self.counters.hook_failures[(name, event)] += 1
+        _log.failure(
+            "addon {addon} failed in {event} (request id {id})", addon=name, event=event, id=flow.id
+        )
 
     def lifecycle(self, event: str, *args: Any) -> list[Deferred[Any]]:
         """Run `running` or `done` on every addon (no flow); failures are logged, never

@@ -61,7 +61,8 @@ class Exchange(ResponseSide):
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
         self.ctx = ctx = session.ctx
-        self.flow = HTTPFlow(session.client_conn, ctx.clock.seconds())
+        self.flow = flow = HTTPFlow(session.client_conn, ctx.clock.seconds())
+        flow.parent_id = session.parent_id
         self.state = State.QUEUED
         self.upstream = None
         self.request_complete = False
@@ -441,7 +442,7 @@ class Exchange(ResponseSide):
         flow = self.flow
         flow.error = Error(text, self.ctx.clock.seconds())
         self.ctx.hooks.run("error", flow)  # told, not waited for: the answer is ours
-        self.answer(status, http1.TEXT, http1.text_body(text), extra)
+        self.answer(status, http1.TEXT, http1.error_body(text, flow.id), extra)
 
     def _answer_with(self, resp: object) -> None:
         """A hook set `flow.response`: the response hooks see it (as mitmproxy emulates

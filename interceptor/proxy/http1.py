@@ -401,6 +401,7 @@ def trace_echo(head: RequestHead) -> bytes:
     return request_head(head.method, head.target, traceable(head.headers))
 
 
-def text_body(text: str) -> bytes:
-    """A one-line plain-text body: our errors say why in exactly one line."""
-    return (text + "\n").encode("utf-8", "replace")
+def error_body(text: str, request_id: str) -> bytes:
+    """The body of an error of ours: why, in exactly one line, with the request id that finds
+    the exchange in the access log and the capture store."""
+    return f"{text} (request id {request_id})\n".encode("utf-8", "replace")

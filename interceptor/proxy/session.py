@@ -70,6 +70,8 @@ class Session:
         self._hello = b""
         self._certificate: object | None = None
         self._connect_flow: HTTPFlow | None = None  # that CONNECT's, should it become a relay
+        # That CONNECT's flow id, the parent of every exchange inside it.
+        self.parent_id: str | None = None
         self._paused_queue = False  # too many events queued: stop reading the client
         self._paused_upstream = False  # the upstream's send buffer is full: likewise
         self._paused_hook = False  # a hook takes its time: likewise
@@ -136,7 +138,7 @@ class Session:
             flow.status = 408
             flow.error = Error("request head not received in time")
             self.ctx.record(flow)
-            body = http1.text_body("request head timed out")
+            body = http1.error_body("request head timed out", flow.id)
             self.client.write(http1.local_response(408, http1.TEXT, body, True))
         self.end(Side.CLIENT, Ending.TIMED_OUT)
 
@@ -309,6 +311,8 @@ class Session:
         `flow`: the CONNECT's, recorded again with its totals if the tunnel becomes a relay."""
         leftover = self._take_tunnel_bytes()
         self._connect_flow = flow
+        if flow is not None:
+            self.parent_id = flow.id
         self.exchanges.clear()
         self.client.write(http1.CONNECT_ESTABLISHED)
         self.intercepted = ("https", host, port)
