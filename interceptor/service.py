@@ -39,6 +39,7 @@ from .logs import AddonLogBridge, StdoutObserver
 from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
 from .proxy.passthrough import LearnedPassthrough
+from .proxy.session import Session
 from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
 from .web.site import WebUI
@@ -272,9 +273,7 @@ class ProxyService(Service):
         if not cfg.verify_upstream:
             _log.warn("verify_upstream = false: upstream certificates are NOT checked")
         self.minter = minter = tls.LeafMinter(ca, cfg.leaf_cache_size)
-        hooks.add(
-            CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der), trusted=True
-        )
+        hooks.add(CAPage(cfg.ca_page_host, ca.cert_pem, ca.cert_der), trusted=True)
         return minter
 
     def prepare(self) -> tuple[tls.CertificateAuthority, tls.UpstreamTLS]:
@@ -401,6 +400,22 @@ class ProxyService(Service):
         self.ready = False
         return defer.ensureDeferred(self._drain())
 
+    async def _all_closed(self, ctx: ProxyContext, timeout: float) -> bool:
+        """Wait until every client connection has ended (True), or `timeout` s (False)."""
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        def all_closed() -> None:
+            if not closed.called:  # the deadline may have come first
+                closed.callback(None)
+
+        ctx.when_closed(all_closed)
+        closed.addTimeout(timeout, self.reactor)
+        try:
+            await closed
+        except defer.TimeoutError:
+            return False
+        return True
+
     async def _drain(self) -> None:
         ctx = self.ctx
         if ctx is not None:
@@ -410,23 +425,31 @@ class ProxyService(Service):
         )
         if ctx is not None:
             # Idle keep-alive clients are closed now, busy ones once their exchange is done;
-            # what is still open at the deadline is cut.
+            # what is still open at the deadline is cut. Both are said: a stop that takes
+            # its whole timeout must not look like a hang.
+            limit = self.config.proxy.shutdown_timeout
+            began = self.reactor.seconds()
+            busy = _in_flight(ctx.sessions)
+            if busy:
+                _log.info(
+                    "{text}", text=f"draining: waiting up to {limit:g} s for {_listing(busy)}"
+                )
             for s in list(ctx.sessions):
                 s.drain()
-            closed: defer.Deferred[None] = defer.Deferred()
-
-            def all_closed() -> None:
-                if not closed.called:  # the deadline may have come first
-                    closed.callback(None)
-
-            ctx.when_closed(all_closed)
-            closed.addTimeout(self.config.proxy.shutdown_timeout, self.reactor)
-            try:
-                await closed
-            except defer.TimeoutError:
-                pass
-            for s in list(ctx.sessions):
-                s.shutdown()
+            if await self._all_closed(ctx, limit):
+                if busy:
+                    took = self.reactor.seconds() - began
+                    _log.info("{text}", text=f"drained: all finished in {took:.2f} s")
+            else:
+                cut = _listing(_in_flight(ctx.sessions))
+                _log.warn(
+                    "{text}", text=f"drain: shutdown_timeout ({limit:g} s) passed, cutting {cut}"
+                )
+                for s in list(ctx.sessions):
+                    s.shutdown()
+                # An aborted connection is lost on the reactor's next turn: its exchange is
+                # recorded (access log, capture) then, and must be before the store closes.
+                await self._all_closed(ctx, _CUT_GRACE)
         if self.pool is not None:
             self.pool.close_all()
         if self.hooks is not None and self.addons:
@@ -456,6 +479,24 @@ class ProxyService(Service):
         # drained stop is a success, and orchestrators read anything else as a crash.
         if hasattr(self.reactor, "_exitSignal"):
             self.reactor._exitSignal = None
+
+
+# Seconds for the connections cut at the drain deadline to be lost (their last turn).
+_CUT_GRACE = 1.0
+
+
+def _in_flight(sessions: Iterable[Session]) -> list[str]:
+    """What the open client connections are busy with (idle ones left out)."""
+    return [what for what in (s.in_flight() for s in sessions) if what is not None]
+
+
+def _listing(items: list[str], shown: int = 5) -> str:
+    """ "2 exchanges: a; b", at most `shown` named and the rest counted (a drain may cut
+    thousands: one line stays one line)."""
+    head = "; ".join(items[:shown])
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    noun = "exchange" if len(items) == 1 else "exchanges"
+    return f"{len(items)} {noun}: {head}{more}"
 
 
 _LOOPBACK_NAMES = {parse_ip("127.0.0.1"), parse_ip("::1")}

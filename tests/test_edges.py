@@ -21,6 +21,7 @@ from tests.support import (
     OriginServer,
     ProxyProcess,
     RawConnection,
+    error_line,
     exchange,
     get,
     request_bytes,
@@ -34,12 +35,6 @@ from tests.tls_origin import TLSOrigin, body_for
 pytestmark = pytest.mark.timeout(60)
 
 
-def one_line(body: bytes) -> str:
-    text = body.decode()
-    assert text.endswith("\n") and text.count("\n") == 1, text
-    return text.strip()
-
-
 def test_admin_endpoint_is_not_reachable_through_the_proxy(
     proxy_factory: Callable[..., ProxyProcess],
 ) -> None:
@@ -48,7 +43,7 @@ def test_admin_endpoint_is_not_reachable_through_the_proxy(
         resp, conn = exchange(proxy.port, get(f"http://{host}:{admin_port}/metrics"))
         conn.close()
         assert resp.status == 403, resp.body
-        assert one_line(resp.body) == f"{host}:{admin_port} is this proxy itself"
+        assert error_line(resp.body) == f"{host}:{admin_port} is this proxy itself"
         assert b"interceptor_" not in resp.body
 
 
@@ -61,7 +56,7 @@ def test_requests_to_the_proxy_itself_are_refused(proxy: ProxyProcess, target: s
         assert resp.status == 502, resp.body
     else:
         assert resp.status == 403, resp.body
-        assert "is this proxy itself" in one_line(resp.body)
+        assert "is this proxy itself" in error_line(resp.body)
 
 
 def test_via_is_added_both_ways_and_a_request_that_carries_ours_is_a_loop(
@@ -80,7 +75,7 @@ def test_via_is_added_both_ways_and_a_request_that_carries_ours_is_a_loop(
     resp, conn = exchange(proxy.port, looped)
     conn.close()
     assert resp.status == 508
-    assert one_line(resp.body) == "loop detected: this request already passed through here"
+    assert error_line(resp.body) == "loop detected: this request already passed through here"
     assert len(origin.requests_for("/v")) == 1
 
 
@@ -133,16 +128,17 @@ def test_a_thousand_connects_to_the_proxy_itself(
         assert resp.status == 200 and resp.body == b"still serving"
         refused = storm.read_response(method="CONNECT")
         assert refused.status == 403
-        assert one_line(refused.body) == f"127.0.0.1:{proxy.port} is this proxy itself"
+        assert error_line(refused.body) == f"127.0.0.1:{proxy.port} is this proxy itself"
         # What followed the first CONNECT is not HTTP to this connection any more: it closes.
         assert storm.wait_closed(timeout=10)
     assert origin.accepts == 1  # only the bystander's requests went anywhere, on one connection
     # Settled, the descriptors come back to the baseline: the connection each refused CONNECT
     # made to ourselves may still be closing when the clients are gone, so that is polled
-    # (a leaked one never comes back).
+    # (a leaked one never comes back). Either count may hold the scrape's own admin
+    # connection, still closing: one fewer than the baseline is that, never a leak.
     settled_fds(proxy, admin_port)
     wait_for(
-        lambda: fd_count(proxy.pid) == baseline,
+        lambda: fd_count(proxy.pid) <= baseline,
         timeout=10,
         message=lambda: f"{fd_count(proxy.pid)} descriptors, {baseline} before the storm",
     )

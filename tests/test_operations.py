@@ -13,6 +13,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -364,6 +365,13 @@ def test_sigterm_drains_an_inflight_download(
     assert_orderly_exit(proxy)
     assert exited - signalled < shutdown_timeout + 5
     assert exited - finished < 5, "the drain did not end when the last exchange did"
+    # The drain said what it waited for, and that it ended with nothing cut.
+    log = proxy.log_text()
+    (served,) = proxy.wait_for_access(lambda e: e.url == url)
+    waiting = f"draining: waiting up to 30 s for 1 exchange: GET {url} (request id {served.id})"
+    assert waiting in log, proxy.log_tail()
+    assert re.search(r"drained: all finished in \d+\.\d\d s$", log, re.M), proxy.log_tail()
+    assert "cutting" not in log
 
 
 def test_sigterm_cuts_a_download_at_shutdown_timeout(
@@ -395,6 +403,9 @@ def test_sigterm_cuts_a_download_at_shutdown_timeout(
     # It waited for the deadline (the download was still running), then stopped promptly.
     assert shutdown_timeout - 0.2 <= cut_after <= shutdown_timeout + 3, cut_after
     assert shutdown_timeout - 0.2 <= exited_after <= shutdown_timeout + 3, exited_after
+    (line,) = proxy.wait_for_access(lambda e: e.url == url)
+    cutting = f"shutdown_timeout (1 s) passed, cutting 1 exchange: GET {url} (request id {line.id})"
+    assert cutting in proxy.log_text(), proxy.log_tail()
 
 
 def test_sigterm_drains_a_passthrough_tunnel(
@@ -430,6 +441,9 @@ def test_sigterm_drains_a_passthrough_tunnel(
     assert resp.body == b"".join(parts)
     proxy.popen.wait(timeout=35)
     assert_orderly_exit(proxy)
+    (opened,) = proxy.wait_for_access(lambda e: e.method == "CONNECT")
+    waiting = f"for 1 exchange: tunnel CONNECT {origin.authority} (request id {opened.id})"
+    assert waiting in proxy.log_text(), proxy.log_tail()
 
 
 def test_sigterm_exit_status_is_zero(proxy_factory: Callable[..., ProxyProcess]) -> None:

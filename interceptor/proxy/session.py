@@ -151,6 +151,21 @@ class Session:
         """The drain deadline passed: whatever is still in flight is cut."""
         self.end(Side.CLIENT, Ending.SHUTDOWN)
 
+    def in_flight(self) -> str | None:
+        """What this connection is busy with, in words for the drain's log lines ("GET
+        http://a/slow (request id ...)", "tunnel CONNECT a:443 (...)"); None when idle."""
+        if self.tunnel is not None:
+            kind, flow = "tunnel ", self.tunnel.flow
+        elif self.exchanges:
+            kind, flow = "", self.exchanges[0].flow
+        else:
+            return None
+        if flow is None:
+            return kind + "(no request)"
+        req = flow.request
+        what = f"{req.method} {req.url}" if req is not None else "a request still arriving"
+        return f"{kind}{what} (request id {flow.id})"
+
     # -- reading the client ----------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
