@@ -22,6 +22,7 @@ import os
 import re
 import tomllib
 import types
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -38,19 +39,25 @@ __all__ = [
     "AdminConfig",
     "Config",
     "ConfigError",
+    "ExplainedConfig",
     "LimitsConfig",
+    "REDACTED",
+    "Setting",
     "LogConfig",
     "HooksConfig",
     "ProxyConfig",
     "TLSConfig",
     "UpstreamConfig",
+    "explain_config",
     "load_config",
+    "resolve_admin_listen",
 ]
 
 #: Environment variable naming the configuration file when no path is given explicitly.
 DEFAULT_CONFIG_ENV = "INTERCEPTOR_CONFIG"
 
 _ENV_PREFIX = "INTERCEPTOR_"
+_SOURCE_DEFAULT = "default"
 _SOURCE_ENV = "environment"
 _SOURCE_CLI = "command line"
 
@@ -286,10 +293,16 @@ def _show(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _as_is(value: object) -> object:
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
     coerce: Callable[[object], object]  # TOML or Python value -> typed value
     parse_env: Callable[[str], object]  # environment string -> value for coerce()
+    # typed value -> what to write in TOML for it; only needed where they differ (None).
+    unparse: Callable[[object], object] = _as_is
 
 
 def _coerce_float(value: object) -> float:
@@ -446,7 +459,8 @@ _BOOL = _Kind(_coerce_bool, _env_bool)
 _STR = _Kind(_coerce_str, lambda text: text)
 _STRS = _Kind(_coerce_strs, _env_strs)
 _HOSTS = _Kind(_coerce_hosts, _env_hosts)
-_MAX_FILES = _Kind(_coerce_max_files, _env_max_files)
+# None (no number) is how "hard" is held; --print-config must write it back as "hard".
+_MAX_FILES = _Kind(_coerce_max_files, _env_max_files, lambda v: "hard" if v is None else v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,6 +669,41 @@ def _users_file(value: object) -> object:
 
 
 # ---------------------------------------------------------------------------------------------
+# Redactors: a secret's value as it may be shown (printed configuration), never the secret.
+# ---------------------------------------------------------------------------------------------
+
+#: What a redacted secret is shown as.
+REDACTED = "<redacted>"
+
+
+def _redact_whole(value: object) -> object:
+    # A token has no harmless part to keep.
+    return REDACTED
+
+
+def _redact_url_password(value: object) -> object:
+    # For URLs with credentials (an upstream proxy's): scheme, user, host and port are what
+    # one checks in a printout, and are no secret; the password is.
+    text = str(value)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        password = parts.password
+    except ValueError:  # e.g. an unbalanced [ in the host: keep nothing rather than guess
+        return REDACTED
+    if password is None:
+        return text
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{hostinfo}"))
+
+
+# A field's `redact=`: _SECRET for tokens; _SECRET_URL for URL-valued secrets (such as an
+# upstream proxy URL with credentials), whose non-password parts one wants to check.
+_SECRET = _redact_whole
+_SECRET_URL = _redact_url_password
+
+
+# ---------------------------------------------------------------------------------------------
 # The schema. One entry per setting; it drives the file, environment and command-line paths.
 # ---------------------------------------------------------------------------------------------
 
@@ -667,6 +716,8 @@ class _Field:
     default: object  # as written in TOML; goes through the same checks as any other value
     checks: tuple[_Check, ...]
     doc: str
+    # Set for secrets: what may be shown of a (non-empty) value, e.g. by --print-config.
+    redact: _Check | None = None
 
     @property
     def name(self) -> str:
@@ -773,7 +824,8 @@ _FIELDS: tuple[_Field, ...] = (
     _F("web", "listen", _STR, "", (_endpoint,),
        "Twisted endpoint of the flow UI (e.g. tcp:8082:interface=127.0.0.1); empty: no UI."),
     _F("web", "token", _STR, "", (_web_token,),
-       "The UI's access token; empty: a random one each start, logged with the UI's URL."),
+       "The UI's access token; empty: a random one each start, logged with the UI's URL.",
+       redact=_SECRET),
     _F("web", "allowed_hosts", _STRS, [], (_hostnames,),
        "Host names the UI answers to besides its listening address (DNS-rebinding guard)."),
 )  # fmt: skip
@@ -792,7 +844,32 @@ def _suggest(word: str, candidates: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _from_file(path: str) -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One key of the effective configuration and where its value came from.
+
+    ``name`` is ``"section.key"``; ``value`` is typed as it is in :class:`Config` (never
+    redacted: use :meth:`shown` to display it). ``source`` is ``"default"``,
+    ``"file PATH"``, ``"env INTERCEPTOR_SECTION_KEY"`` or ``"command line (--flag)"``.
+    """
+
+    name: str
+    value: object
+    source: str
+
+    @property
+    def secret(self) -> bool:
+        """Whether the key holds a secret (its field says how to redact it)."""
+        return _BY_NAME[self.name].redact is not None
+
+    def shown(self) -> object:
+        """The value as it may be displayed: a non-empty secret redacted. An empty secret is
+        shown as it is: it says "none set" (for web.token: a random one each start)."""
+        redact = _BY_NAME[self.name].redact
+        return redact(self.value) if redact is not None and self.value else self.value
+
+
+def _from_file(path: str) -> dict[str, Setting]:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -806,7 +883,8 @@ def _from_file(path: str) -> dict[str, object]:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, "", f"malformed TOML: {error}") from None
 
-    values: dict[str, object] = {}
+    origin = f"file {path}"
+    values: dict[str, Setting] = {}
     for section, table in document.items():
         if section not in _SECTIONS:
             raise ConfigError(path, section, "unknown section" + _suggest(section, [*_SECTIONS]))
@@ -819,7 +897,7 @@ def _from_file(path: str) -> dict[str, object]:
                 keys = [f.key for f in _FIELDS if f.section == section]
                 raise ConfigError(path, name, "unknown key" + _suggest(key, keys))
             try:
-                values[name] = spec.check(value)
+                values[name] = Setting(name, spec.check(value), origin)
             except _Invalid as error:
                 raise ConfigError(path, name, str(error)) from None
     return values
@@ -831,8 +909,8 @@ def _from_file(path: str) -> dict[str, object]:
 _FOREIGN_PREFIXES = (_ENV_PREFIX + "SERVICE_", _ENV_PREFIX + "PORT")
 
 
-def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
-    values: dict[str, object] = {}
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Setting]:
+    values: dict[str, Setting] = {}
     for variable in sorted(environ):
         if not variable.startswith(_ENV_PREFIX) or variable == DEFAULT_CONFIG_ENV:
             continue
@@ -844,36 +922,66 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
             hint = _suggest(variable, [*_BY_ENV, DEFAULT_CONFIG_ENV])
             raise ConfigError(_SOURCE_ENV, variable, "unknown setting" + hint)
         try:
-            values[spec.name] = spec.check(spec.kind.parse_env(environ[variable]))
+            value = spec.check(spec.kind.parse_env(environ[variable]))
+            values[spec.name] = Setting(spec.name, value, f"env {variable}")
         except _Invalid as error:
             raise ConfigError(_SOURCE_ENV, variable, str(error)) from None
     return values
 
 
-def _from_overrides(overrides: Mapping[str, object]) -> dict[str, object]:
-    values: dict[str, object] = {}
+def _from_overrides(
+    overrides: Mapping[str, object], flags: Mapping[str, str]
+) -> dict[str, Setting]:
+    values: dict[str, Setting] = {}
     for name, value in overrides.items():
         spec = _BY_NAME.get(name)
         if spec is None:
             raise ConfigError(_SOURCE_CLI, name, "unknown key" + _suggest(name, [*_BY_NAME]))
+        flag = flags.get(name)
+        origin = f"{_SOURCE_CLI} ({flag})" if flag else _SOURCE_CLI
         try:
-            values[name] = spec.check(value)
+            values[name] = Setting(name, spec.check(value), origin)
         except _Invalid as error:
             raise ConfigError(_SOURCE_CLI, name, str(error)) from None
     return values
 
 
-def load_config(
+@dataclass(frozen=True, slots=True)
+class ExplainedConfig:
+    """A :class:`Config` next to the :class:`Setting` (value and source) of every key, in
+    :data:`_FIELDS` order, i.e. the order of ``conf/interceptor.toml``."""
+
+    config: Config
+    settings: tuple[Setting, ...]
+
+    def setting(self, name: str) -> Setting:
+        """The setting of ``"section.key"``; KeyError for an unknown key."""
+        for setting in self.settings:
+            if setting.name == name:
+                return setting
+        raise KeyError(name)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML: every section and key, each value followed by
+        ``# from <source>``, secrets redacted. Without secrets it loads back to the same
+        configuration."""
+        return _render_toml(self)
+
+
+def explain_config(
     path: str | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
-) -> Config:
-    """Build the configuration from defaults, a TOML file, the environment and overrides.
+    flags: Mapping[str, str] | None = None,
+) -> ExplainedConfig:
+    """Build the configuration from defaults, a TOML file, the environment and overrides,
+    recording where each value came from.
 
     ``path=None`` uses ``environ["INTERCEPTOR_CONFIG"]`` when set and non-empty, otherwise no
     file is read (an empty ``path`` also means no file). ``environ=None`` means
     ``os.environ``. ``overrides`` maps ``"section.key"`` to already-typed values from the
-    command line. Later sources win: overrides > environment > file > defaults.
+    command line; ``flags`` maps such a key to the option that gave it (``"--listen"``), for
+    its source. Later sources win: overrides > environment > file > defaults.
 
     Every source is validated in full even when a later one overrides a value, so a broken
     file is reported rather than masked. Raises :class:`ConfigError` on the first problem.
@@ -883,14 +991,103 @@ def load_config(
         path = environ.get(DEFAULT_CONFIG_ENV) or None
     source = os.fspath(path) if path else ""
 
-    values = {spec.name: spec.check(spec.default) for spec in _FIELDS}
+    layered = {f.name: Setting(f.name, f.check(f.default), _SOURCE_DEFAULT) for f in _FIELDS}
     if source:
-        values.update(_from_file(source))
-    values.update(_from_environ(environ))
-    values.update(_from_overrides(overrides or {}))
+        layered.update(_from_file(source))
+    layered.update(_from_environ(environ))
+    layered.update(_from_overrides(overrides or {}, flags or {}))
 
     sections = {
-        section: cls(**{f.key: values[f.name] for f in _FIELDS if f.section == section})
+        section: cls(**{f.key: layered[f.name].value for f in _FIELDS if f.section == section})
         for section, cls in _SECTIONS.items()
     }
-    return Config(**sections, source=source)
+    settings = tuple(layered[f.name] for f in _FIELDS)
+    return ExplainedConfig(Config(**sections, source=source), settings)
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """The configuration from defaults, a TOML file, the environment and overrides: see
+    :func:`explain_config`, whose ``config`` this is. Raises :class:`ConfigError`."""
+    return explain_config(path, environ, overrides).config
+
+
+def resolve_admin_listen(config: Config) -> tuple[str, ...]:
+    """``admin.listen`` as the service listens on it: ``"auto"`` becomes 127.0.0.1 at the port
+    after the first TCP proxy port's (so instances that differ only in ``--listen`` have admin
+    ports apart as well), or ``()`` when the proxy has no TCP port."""
+    listen = config.admin.listen
+    if listen != ("auto",):
+        return listen
+    for description in config.proxy.listen:
+        m = re.match(r"tcp6?:(\d+)", description)
+        if m is not None:
+            return (f"tcp:{int(m[1]) + 1}:interface=127.0.0.1",)
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing (--print-config).
+# ---------------------------------------------------------------------------------------------
+
+# TOML forbids control characters other than tab in strings (unescaped) and in comments.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+
+
+def _toml_string(text: str) -> str:
+    def escape(found: re.Match[str]) -> str:
+        char = found[0]
+        return "\\" + char if char in '"\\' else f"\\u{ord(char):04x}"
+
+    return '"' + _NEEDS_ESCAPE.sub(escape, text) + '"'
+
+
+def _toml_value(value: object) -> str:
+    # Only the types a typed setting can hold (after its kind's unparse).
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # finite (validated); repr is valid TOML for both, 1e+20 included
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        # Keys are quoted: host names have dots, which a bare key would turn into nesting.
+        items = ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_comment(text: str) -> str:
+    # A source names a file path, which may hold any character but must not end the comment.
+    return _CONTROL.sub("?", one_line(text))
+
+
+def _render_toml(explained: ExplainedConfig) -> str:
+    config = explained.config
+    read = f"file {config.source}" if config.source else "no configuration file"
+    lines = [
+        "# The effective interceptor configuration (--print-config); secrets are redacted.",
+        "# Precedence: command line > environment > file > defaults; "
+        + _toml_comment(f"{read}."),
+    ]
+    section = ""
+    for setting, spec in zip(explained.settings, _FIELDS, strict=True):
+        if spec.section != section:
+            section = spec.section
+            lines += ["", f"[{section}]"]
+        note = f"from {setting.source}"
+        if setting.secret and setting.value:
+            note += ", redacted"
+        if setting.name == "admin.listen" and setting.value == ("auto",):
+            # Print "auto" as configured (it loads back as such) and say what it means now.
+            derived = resolve_admin_listen(config)
+            note += f"; auto: {derived[0]}" if derived else "; auto: off (no TCP proxy port)"
+        value = _toml_value(spec.kind.unparse(setting.shown()))
+        lines.append(f"{spec.key} = {value}  # {_toml_comment(note)}")
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import re
 import secrets
 import signal
 import socket
@@ -33,7 +32,7 @@ from .addons.chain import HookChain, addon_name
 from .addons.loader import AddonError, load_all
 from .capture.addon import Capture
 from .capture.store import StoreError, Writer
-from .config import Config
+from .config import Config, resolve_admin_listen
 from .hosts import HostPatterns, IPAddress, parse_ip
 from .logs import AddonLogBridge, StdoutObserver
 from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
@@ -342,15 +341,10 @@ class ProxyService(Service):
     def admin_endpoints(self) -> tuple[str, ...]:
         """`[admin] listen`, with "auto" made the loopback port after the first proxy port's:
         instances that differ only in `--listen` then have admin ports apart as well."""
-        listen = self.config.admin.listen
-        if listen != ("auto",):
-            return listen
-        for description in self.config.proxy.listen:
-            m = re.match(r"tcp6?:(\d+)", description)
-            if m is not None:
-                return (f"tcp:{int(m[1]) + 1}:interface=127.0.0.1",)
-        _log.info("admin endpoint off: [admin] listen is auto and the proxy has no TCP port")
-        return ()
+        endpoints = resolve_admin_listen(self.config)
+        if not endpoints and self.config.admin.listen:
+            _log.info("admin endpoint off: [admin] listen is auto and the proxy has no TCP port")
+        return endpoints
 
     def _start_web(self, ca: tls.CertificateAuthority) -> None:
         cfg = self.config

@@ -11,13 +11,22 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, explain_config
+
+# (config key, option, flag): the options that override a config key, and how a printed
+# configuration names them as its source.
+_OVERRIDES = (
+    ("proxy.listen", "listen", "--listen"),
+    ("admin.listen", "admin_listen", "--admin-listen"),
+)
 
 
 class Options(usage.Options):
     """`twistd interceptor` options. Everything else lives in the config file (conf/)."""
 
-    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--admin-listen ENDPOINT ...]"
+    synopsis = (
+        "[--config FILE] [--listen ENDPOINT ...] [--admin-listen ENDPOINT ...] [--print-config]"
+    )
     longdesc = (
         "An HTTP/TLS intercepting forward proxy. By default it listens on 127.0.0.1:8080, "
         "serves /healthz, /readyz and /metrics on 127.0.0.1 at the next port (8081), keeps its "
@@ -25,10 +34,20 @@ class Options(usage.Options):
         "http://interceptor.ca/ through the proxy. Settings come from, in order of "
         "precedence: these options, INTERCEPTOR_<SECTION>_<KEY> environment variables, the "
         "TOML file (--config or $INTERCEPTOR_CONFIG), built-in defaults; every key is in the "
-        "project's docs/configuration.md and conf/interceptor.toml."
+        "project's docs/configuration.md and conf/interceptor.toml. --print-config shows the "
+        "settings a start with the same options and environment would use, as TOML, each "
+        "value with the source it came from (secrets redacted), and exits without starting."
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $INTERCEPTOR_CONFIG)."],
+    ]
+    optFlags = [
+        [
+            "print-config",
+            None,
+            "Print the effective configuration as TOML, each value's source in a comment "
+            "(secrets redacted), and exit without starting.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -51,17 +70,26 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        """Load the configuration (a one-line error and exit 2 if it is bad); with
+        --print-config, print it and exit 0 instead of going on to start."""
         overrides: dict[str, Any] = {}
-        if self["listen"]:
-            overrides["proxy.listen"] = list(self["listen"])
-        if self["admin_listen"]:
-            overrides["admin.listen"] = list(self["admin_listen"])
+        flags: dict[str, str] = {}
+        for key, option, flag in _OVERRIDES:
+            if self[option]:
+                overrides[key] = list(self[option])
+                flags[key] = flag
         try:
-            self.config = load_config(self["config"], os.environ, overrides)
+            # --print-config loads through this same call, so it shows what a start would use.
+            explained = explain_config(self["config"], os.environ, overrides, flags)
         except ConfigError as e:
             # One line naming file and key; a SystemExit, so twistd prints no usage or traceback.
             sys.stderr.write(f"interceptor: {e}\n")
             raise SystemExit(2) from None
+        if self["print-config"]:
+            sys.stdout.write(explained.to_toml())
+            # Raised while twistd is still parsing options: no reactor, no service, no usage.
+            raise SystemExit(0)
+        self.config = explained.config
         hooks = self.config.hooks
         if hooks.scripts or hooks.addons:
             use_asyncio_reactor()
