@@ -9,6 +9,8 @@ The pieces:
 * `start_proxy()` / `ProxyProcess`: run `twistd -n interceptor` on a loopback port with an
   optional TOML config, wait until it accepts connections, read its log, stop it.
   `ProxyLauncher` starts several and stops them all (what the pytest fixtures use).
+  `LoggedProcess`, its base, is any loopback daemon with a log file (read, wait for, stop);
+  upstream_proxies.py builds tinyproxy and microsocks on it.
 * `ThreadedServer`: the listen/accept/thread-per-connection/bounded-stop plumbing shared by the
   test servers (`OriginServer` here, `StreamOrigin` in storm.py, `TLSOrigin` in tls_origin.py).
 * `OriginServer`: a threaded loopback HTTP/1.1 origin with per-path behaviours (`respond`,
@@ -1221,7 +1223,75 @@ class ProxyStartError(RuntimeError):
     """The proxy exited or never accepted connections; the message includes its output."""
 
 
-class ProxyProcess:
+class LoggedProcess:
+    """A subprocess listening on a loopback port, its output in a file: read it, stop it.
+
+    The base of `ProxyProcess` and of the upstream proxies in upstream_proxies.py. `popen` is
+    the subprocess.Popen, `port` the loopback port it listens on, `log_path` the file its log
+    goes to. A context manager: `stop()` on exit.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.popen = popen
+        self.port = port
+        self.log_path = log_path
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} port={self.port} log={self.log_path}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        """The subprocess's pid."""
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once it has exited (negative: killed by that signal), else None."""
+        return self.popen.poll()
+
+    def running(self) -> bool:
+        """Whether the process has not exited."""
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        """Everything in its log so far ("" before the file exists)."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of its log (for failure messages)."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 5.0) -> re.Match[str]:
+        """Wait until a regex (multiline mode for str patterns) matches the log; the match."""
+        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
+        return wait_for(
+            lambda: regex.search(self.log_text()),
+            timeout,
+            message=lambda: (
+                f"no log line matching {regex.pattern!r}; log tail:\n" + self.log_tail()
+            ),
+        )
+
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to the subprocess (the launcher, if one was used)."""
+        if self.running():
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait up to `timeout` s, then SIGKILL. Idempotent; returns the exit status."""
+        return stop_process(self.popen, timeout)
+
+
+class ProxyProcess(LoggedProcess):
     """A running `twistd -n interceptor` subprocess (see `start_proxy`).
 
     `port` is the loopback port it listens on, `popen` the subprocess.Popen (`pid` its pid:
@@ -1238,51 +1308,15 @@ class ProxyProcess:
         cmd: list[str],
         env: dict[str, str],
     ) -> None:
-        self.popen = popen
-        self.port = port
+        super().__init__(popen, port, log_path)
         self.workdir = workdir
-        self.log_path = log_path
         self.cmd = cmd
         self.env = env
-
-    def __repr__(self) -> str:
-        return f"<ProxyProcess pid={self.pid} port={self.port} log={self.log_path}>"
-
-    def __enter__(self) -> ProxyProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        """The subprocess's pid."""
-        return self.popen.pid
 
     @property
     def url(self) -> str:
         """`http://127.0.0.1:PORT`, the value for curl's `-x`."""
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit status once it has exited (negative: killed by that signal), else None."""
-        return self.popen.poll()
-
-    def running(self) -> bool:
-        """Whether the process has not exited."""
-        return self.popen.poll() is None
-
-    def log_text(self) -> str:
-        """Everything it has written to stdout/stderr so far."""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of its output (for failure messages)."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def access_entries(self) -> list[AccessEntry]:
         """Every access-log line so far, parsed (text log format)."""
@@ -1293,17 +1327,6 @@ class ProxyProcess:
                 if entry is not None:
                     out.append(entry)
         return out
-
-    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 5.0) -> re.Match[str]:
-        """Wait until a regex (multiline mode for str patterns) matches the log; the match."""
-        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
-        return wait_for(
-            lambda: regex.search(self.log_text()),
-            timeout,
-            message=lambda: (
-                f"no log line matching {regex.pattern!r}; log tail:\n" + self.log_tail()
-            ),
-        )
 
     def wait_for_access(
         self, predicate: Callable[[AccessEntry], bool], count: int = 1, timeout: float = 5.0
@@ -1322,18 +1345,13 @@ class ProxyProcess:
             ),
         )
 
-    def send_signal(self, sig: int) -> None:
-        """Send `sig` to the subprocess (the launcher, if one was used)."""
-        if self.running():
-            self.popen.send_signal(sig)
-
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, wait up to `timeout` s, then SIGKILL. Idempotent; returns the exit status.
 
         The proxy drains in-flight exchanges for up to `proxy.shutdown_timeout` (10 s by
         default) after SIGTERM, so `timeout` should exceed that.
         """
-        return stop_process(self.popen, timeout)
+        return super().stop(timeout)
 
 
 def stop_process(popen: subprocess.Popen[Any], timeout: float = 20.0) -> int:
