@@ -3,6 +3,8 @@
 * `origin`: a fresh scriptable OriginServer per test.
 * `proxy`: one default proxy per test module (checked to be still running for each test).
 * `proxy_factory`: start proxies with custom config/env for one test; all stopped afterwards.
+* `tinyproxy`, `tinyproxy_auth`, `socks5`: real upstream proxies on loopback, one per test
+  (tests/upstream_proxies.py); skipped when the binary is missing, failed under INTERCEPTOR_CI.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support import OriginServer, ProxyLauncher, ProxyProcess
+from tests.upstream_proxies import (
+    SOCKS5_PASSWORD,
+    SOCKS5_USER,
+    TINYPROXY_PASSWORD,
+    TINYPROXY_USER,
+    MicroSocks,
+    TinyProxy,
+    require_tool,
+)
 
 
 @pytest.fixture
@@ -51,3 +62,34 @@ def proxy_factory(
         yield launcher.start
     finally:
         launcher.stop_all()
+
+
+# -- real upstream proxies (tests/upstream_proxies.py) ---------------------------------------
+# Function-scoped: each starts in milliseconds, and a fresh one per test means its log holds
+# only that test's traffic, so "its log shows the request" needs no bookkeeping.
+
+
+@pytest.fixture
+def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A tinyproxy without authentication, CONNECT allowed to every port."""
+    require_tool("tinyproxy")
+    with TinyProxy(tmp_path_factory.mktemp("tinyproxy")) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def tinyproxy_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A tinyproxy with `BasicAuth alice pw` (TINYPROXY_USER, TINYPROXY_PASSWORD)."""
+    require_tool("tinyproxy")
+    workdir = tmp_path_factory.mktemp("tinyproxy")
+    with TinyProxy(workdir, TINYPROXY_USER, TINYPROXY_PASSWORD) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def socks5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MicroSocks]:
+    """A microsocks SOCKS5 server with user "u", password "p" (SOCKS5_USER, SOCKS5_PASSWORD)."""
+    require_tool("microsocks")
+    workdir = tmp_path_factory.mktemp("microsocks")
+    with MicroSocks(SOCKS5_USER, SOCKS5_PASSWORD, workdir=workdir) as upstream:
+        yield upstream
