@@ -118,6 +118,15 @@ class _Collector:
         for (addon, event), n in sorted(c.hook_failures.items()):
             m.add_metric([addon, event], n)
         yield m
+        m = CounterMetricFamily(
+            "interceptor_upstream_proxy_failures",
+            "Upstream-proxy connections that failed: unreachable, timeout, auth (401/407 or "
+            "SOCKS credentials refused), refused (it would not connect), handshake",
+            labels=["reason"],
+        )
+        for reason in ("unreachable", "timeout", "auth", "refused", "handshake"):
+            m.add_metric([reason], c.upstream_proxy_failures[reason])
+        yield m
         writer = getattr(svc, "capture", None)
         if writer is not None:
             m = CounterMetricFamily(

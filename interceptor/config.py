@@ -124,6 +124,9 @@ class UpstreamConfig:
     pool_idle_timeout: float = 30.0
     read_timeout: float = 60.0
     hosts: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    proxy: str = ""
+    no_proxy: tuple[str, ...] = ()
+    proxy_credentials_file: str = ""
 
     def __post_init__(self) -> None:
         # Frozen must mean immutable all the way down; a plain dict could still be mutated.
@@ -642,6 +645,30 @@ def _passthrough(value: object) -> object:
     return patterns
 
 
+def _upstream_proxy(value: object) -> object:
+    # "" (direct) and "env" (the environment's variables, read at start-up) need no check.
+    from .proxy.via import parse_route
+
+    if value and value != "env":
+        try:
+            parse_route(str(value))
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
+    return value
+
+
+def _credentials_file(value: object) -> object:
+    # Read now, so a missing or malformed file is a one-line error at start-up, exit 2.
+    from .proxy.via import read_credentials
+
+    if value:
+        try:
+            read_credentials(str(value))
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
+    return value
+
+
 def _path(value: object) -> object:
     return _expand_user(str(value)) if value else value
 
@@ -763,6 +790,15 @@ _FIELDS: tuple[_Field, ...] = (
        "Seconds without a byte from an upstream that owes a response (504, or a cut body)."),
     _F("upstream", "hosts", _HOSTS, {}, (),
        "Static name -> address overrides used instead of DNS (like curl --resolve)."),
+    _F("upstream", "proxy", _STR, "", (_upstream_proxy,),
+       "Leave through this upstream proxy: http://[user:pass@]host:port, socks5://... (names "
+       "resolved here) or socks5h://... (by the proxy); \"env\": curl's https_proxy, "
+       "http_proxy, all_proxy and no_proxy variables; empty: direct.", redact=_SECRET_URL),
+    _F("upstream", "no_proxy", _STRS, [], (_passthrough,),
+       "Host patterns, IP addresses and CIDR networks that go direct, not through the proxy."),
+    _F("upstream", "proxy_credentials_file", _STR, "", (_path, _credentials_file),
+       "A file whose first line is user:password for the upstream proxy (when its URL has "
+       "none)."),
     _F("tls", "ca_dir", _STR, "~/.interceptor", (_non_empty, _path),
        "Directory holding the interception CA certificate and key."),
     _F("tls", "verify_upstream", _BOOL, True, (),

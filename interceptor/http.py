@@ -871,7 +871,10 @@ class Server(_Connection):
 
     def __init__(self, flow: HTTPFlow) -> None:
         self._flow = flow
-        self.via: Any = None  # upstream proxies are not supported yet: always direct
+        # The upstream proxy this flow leaves through (mitmproxy's name): None (direct), a
+        # proxy URL, ("http"|"socks5"|"socks5h", (host, port)) or a via.Route. It starts as
+        # the configured choice ([upstream] proxy, no_proxy); docs/upstream-proxies.md.
+        self.via: Any = None
 
     @property
     def _leg(self) -> Any:

@@ -65,6 +65,7 @@ class Counters:
         self.tls_failures: Counter[str] = Counter()  # side -> n
         self.hook_failures: Counter[tuple[str, str]] = Counter()  # (addon, event) -> n
         self.refused: Counter[str] = Counter()  # access refusals: reason -> n
+        self.upstream_proxy_failures: Counter[str] = Counter()  # reason -> n
         self.sigpipe_received = 0
         self.sigpipe_aborts = 0
         self.sigpipe_policy = ""

@@ -14,7 +14,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -41,6 +41,7 @@ from .proxy.passthrough import LearnedPassthrough
 from .proxy.session import Session
 from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
+from .proxy.via import Route, Routes, configured_routes, read_credentials
 from .web.site import WebUI
 
 _log = Logger(namespace="interceptor")
@@ -65,9 +66,14 @@ class StartupError(SystemExit):
 class ProxyService(Service):
     """The whole proxy as one twistd service."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        # Where `[upstream] proxy = "env"` finds its variables (the process's, by default).
+        self.environ = environ if environ is not None else {}
+        self.routes: Routes | None = None
         self.counters = process.Counters()
         self.registry: process.SocketRegistry | None = None
         self.ports: list[IListeningPort] = []
@@ -172,8 +178,11 @@ class ProxyService(Service):
             describe_client_tls_failure=tls.describe_client_tls_failure,
             eager=cfg.tls.connect == "eager",
             via=via,
+            routes=self.routes,
         )
         _log.info("Via pseudonym {via}", via=via)
+        if self.routes is not None and not self.routes.direct:
+            _log.info("{text}", text=f"upstream: {self.routes}")
         # The proxy's own listeners first: a busy admin or UI port stops start-up before the
         # proxy's port exists, so nothing is proxied by an instance that is about to exit.
         self._start_admin()
@@ -287,6 +296,13 @@ class ProxyService(Service):
             self.addons = load_all(self.config.hooks.scripts, self.config.hooks.addons)
         except AddonError as e:
             raise StartupError(str(e), code=2) from None
+        ucfg = self.config.upstream
+        try:
+            secret = ucfg.proxy_credentials_file
+            credentials = read_credentials(secret) if secret else ""
+            self.routes = configured_routes(ucfg.proxy, ucfg.no_proxy, credentials, self.environ)
+        except ValueError as e:
+            raise StartupError(f"upstream.proxy: {e}", code=2) from None
         ccfg = self.config.capture
         if ccfg.store and self.capture is None:
             try:
@@ -313,7 +329,9 @@ class ProxyService(Service):
         self.ca, self.upstream_tls = ca, upstream_tls
         return ca, upstream_tls
 
-    def _tunnel_connect(self, host: str, port: int, owner: TunnelOwner) -> TunnelUpstream:
+    def _tunnel_connect(
+        self, host: str, port: int, owner: TunnelOwner, route: Route | None
+    ) -> TunnelUpstream:
         cfg = self.config
         return connect_tunnel(
             self.reactor,
@@ -324,6 +342,7 @@ class ProxyService(Service):
             host,
             port,
             owner,
+            route,
         )
 
     def _start_admin(self) -> None:

@@ -118,6 +118,6 @@ def makeService(options: Options) -> IService:
 
     from .service import ProxyService
 
-    service = ProxyService(options.config, reactor)
+    service = ProxyService(options.config, reactor, os.environ)
     service.prepare()  # before twistd takes over stderr: a bad CA or addon is one line there
     return service

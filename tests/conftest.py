@@ -1,6 +1,7 @@
 """Shared fixtures for black-box tests (the logic lives in tests/support.py).
 
 * `origin`: a fresh scriptable OriginServer per test.
+* `tls_origin`: a TLS origin for localhost per module, and the root its certificate chains to.
 * `proxy`: one default proxy per test module (checked to be still running for each test).
 * `proxy_factory`: start proxies with custom config/env for one test; all stopped afterwards.
 * `tinyproxy`, `tinyproxy_auth`, `socks5`: real upstream proxies on loopback, one per test
@@ -10,10 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests import certs
 from tests.support import OriginServer, ProxyLauncher, ProxyProcess
+from tests.tls_origin import TLSOrigin
 from tests.upstream_proxies import (
     SOCKS5_PASSWORD,
     SOCKS5_USER,
@@ -23,6 +27,16 @@ from tests.upstream_proxies import (
     TinyProxy,
     require_tool,
 )
+
+
+@pytest.fixture(scope="module")
+def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TLSOrigin, Path]]:
+    """A TLS origin serving /fruit.html, and the root its certificate chains to."""
+    directory = tmp_path_factory.mktemp("pki")
+    root = certs.make_origin_root()
+    root_pem, _ = certs.write_pair(directory, "root", root)
+    with TLSOrigin(*certs.good_cert(root)) as origin:
+        yield origin, root_pem
 
 
 @pytest.fixture

@@ -1168,7 +1168,7 @@ _ACCESS_MARK = "[interceptor.access#"
 _ACCESS_RE = re.compile(
     r"^(?P<client>\S+) (?P<method>\S+) (?P<url>\S+) (?P<status>\d+) (?P<bytes>\d+) "
     r"(?P<duration>\d+\.\d+)s id=(?P<id>[0-9a-f-]{36})(?: parent=(?P<parent>[0-9a-f-]{36}))?"
-    r"(?: \((?P<error>.*)\))?$"
+    r"(?: via=(?P<via>\S+))?(?: \((?P<error>.*)\))?$"
 )
 
 
@@ -1185,6 +1185,7 @@ class AccessEntry:
     error: str | None
     id: str = ""
     parent: str | None = None  # the CONNECT's id, for a request inside an intercepted one
+    via: str | None = None  # the upstream proxy it went through
 
 
 _ERROR_LINE = re.compile(r"(?P<text>.+) \(request id [0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f-]{21}\)\n")
@@ -1216,6 +1217,7 @@ def parse_access_line(line: str) -> AccessEntry | None:
         error=m["error"],
         id=m["id"],
         parent=m["parent"],
+        via=m["via"],
     )
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import certs
 from tests.support import (
     OriginServer,
     ProxyProcess,
@@ -35,16 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.py"
 TIMEOUT = 20.0
 PAGE = b"<html><body><p>cherry pie, cherry jam</p></body></html>\n"
-
-
-@pytest.fixture(scope="module")
-def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TLSOrigin, Path]]:
-    """A TLS origin serving /fruit.html, and the root its certificate chains to."""
-    directory = tmp_path_factory.mktemp("pki")
-    root = certs.make_origin_root()
-    root_pem, _ = certs.write_pair(directory, "root", root)
-    with TLSOrigin(*certs.good_cert(root)) as origin:
-        yield origin, root_pem
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_setting_of_an_unknown_key_is_a_key_error() -> None:
 
 def test_only_secrets_are_marked_and_paths_are_not_secrets() -> None:
     secret = {f.name for f in config_module._FIELDS if f.redact is not None}
-    assert secret == {"web.token"}
+    assert secret == {"web.token", "upstream.proxy"}
     explained = explain_config(None, {})
     assert not explained.setting("access.users_file").secret
     assert explained.setting("web.token").secret

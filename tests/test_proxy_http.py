@@ -430,6 +430,17 @@ def test_refused_upgrade_is_relayed_and_the_connection_closes(
     assert "upgrade" in req.connection_tokens()
 
 
+def websocket_headers(authority: str) -> list[tuple[str, str]]:
+    """The headers of a WebSocket opening handshake to `authority` (RFC 6455 4.1)."""
+    return [
+        ("Host", authority),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+
+
 def switch_and_echo(req: OriginRequest, out: OriginConnection) -> None:
     """Origin behaviour: accept the upgrade with 101, then echo raw bytes until EOF."""
     out.send(
@@ -447,13 +458,7 @@ def switch_and_echo(req: OriginRequest, out: OriginConnection) -> None:
 
 def test_websocket_upgrade_relays_both_ways(proxy: ProxyProcess, origin: OriginServer) -> None:
     origin.route("/chat", switch_and_echo)
-    headers = [
-        ("Host", origin.authority),
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("Sec-WebSocket-Version", "13"),
-    ]
+    headers = websocket_headers(origin.authority)
     with RawConnection(proxy.port) as conn:
         conn.send(request_bytes("GET", origin.url("/chat"), headers))
         head = conn.read_until(b"\r\n\r\n")

@@ -44,6 +44,10 @@ class AccessLog:
         text = f"{client} {method} {url} {flow.status} {flow.bytes_out} {duration:.4f}s id={fid}"
         if parent is not None:
             text += f" parent={parent}"
+        leg = flow._server_leg
+        route = getattr(leg, "route", None) if leg is not None else None
+        if route is not None:
+            text += f" via={route}"  # the upstream proxy it went through (no password)
         if error:
             text += f" ({error})"
         _log.info(
@@ -51,6 +55,7 @@ class AccessLog:
             text=text,
             id=fid,
             parent_id=parent,
+            via=str(route) if route is not None else None,
             client=client,
             method=method,
             url=url,

@@ -11,12 +11,13 @@ from twisted.python.failure import Failure
 
 from ..access import Access
 from ..addons.chain import HookChain
-from ..hosts import IPAddress, parse_ip
+from ..hosts import HostPatterns, IPAddress, parse_ip
 from ..http import HTTPFlow
 from ..process import Counters
 from .headers import via_value
 from .passthrough import LearnedPassthrough
 from .upstream import Pool
+from .via import Route, Routes
 
 if TYPE_CHECKING:
     from .session import Session
@@ -40,8 +41,9 @@ class TunnelOwner(Protocol):
 # intercept(host, port, origin certificate or None) -> the client-side TLS context factory for
 # that CONNECT authority (the leaf also names what the origin's certificate names)
 Intercept = Callable[[str, int, object | None], IOpenSSLContextFactory]
-# tunnel_connect(host, port, owner) -> the upstream leg of a passthrough tunnel, connecting
-TunnelConnect = Callable[[str, int, TunnelOwner], "TunnelUpstream"]
+# tunnel_connect(host, port, owner, route) -> the upstream leg of a passthrough tunnel,
+# connecting (through `route`'s upstream proxy, or direct for None)
+TunnelConnect = Callable[[str, int, TunnelOwner, Route | None], "TunnelUpstream"]
 
 
 class OwnAddresses:
@@ -102,6 +104,7 @@ class ProxyContext:
         describe_client_tls_failure: Callable[[Failure, str], str] | None = None,
         eager: bool = False,
         via: str | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self.clock = clock
         self.counters = counters
@@ -117,6 +120,8 @@ class ProxyContext:
         self.via = via.encode("ascii") if via is not None else None
         self._via_values = {v: via_value(v, self.via) for v in ("1.1", "1.0")} if self.via else {}
         self.passthrough = passthrough or _never
+        # [upstream] proxy and no_proxy: each flow's default route (an addon may change it).
+        self.routes = routes or Routes(None, None, HostPatterns([]), False)
         self.tunnel_connect = tunnel_connect
         self.describe_tls_failure = describe_tls_failure or Failure.getErrorMessage
         self.describe_client_tls_failure = describe_client_tls_failure or (

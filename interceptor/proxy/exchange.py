@@ -48,6 +48,7 @@ from .response import ResponseSide
 from .states import PHASES, State, Step
 from .targets import parse_target, split_authority
 from .upstream import Key
+from .via import Route, as_route
 
 if TYPE_CHECKING:
     from .session import Session
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 class Exchange(ResponseSide):
     """One request/response on a client connection (or one refused request)."""
 
-    __slots__ = ("refusal", "admitted", "_key", "_late_request", "_copy_in")
+    __slots__ = ("refusal", "admitted", "_late_request", "_copy_in", "_route_default")
 
     def __init__(self, session: Session, head: RequestHead | ProtocolError) -> None:
         self.session = session
@@ -70,7 +71,8 @@ class Exchange(ResponseSide):
         self.in_framing = self.out_framing = NO_BODY
         self.upstream_keep_alive = False
         self._request_bytes = b""
-        self._key: Key = ("", "", 0)
+        self._key: Key = ("", "", 0, None)
+        self._route_default: Route | None = None  # the configured route, until an addon's
         self._held = None
         self._buffer = None
         self._buffered = 0
@@ -134,6 +136,9 @@ class Exchange(ResponseSide):
             method, scheme, host, port, path, Headers.wrap(headers), head.version,
             flow.timestamp_created,
         )  # fmt: skip
+        if not ctx.routes.direct:
+            # What the configuration chooses, for the hooks to see and change.
+            self._route_default = flow.server_conn.via = ctx.routes.choose(scheme, host)
         self.run_hooks("requestheaders", self._request_headers_done)
 
     def _request_headers_done(self) -> None:
@@ -229,9 +234,30 @@ class Exchange(ResponseSide):
             fields = reframed(fields, declared, framing is CHUNKED)
         if body is None and framing is not NO_BODY and ctx.hooks.tap_limit:
             req.tap = self._copy_in = BodyTap(ctx.hooks.tap_limit)
-        head_bytes = http1.request_head(method.encode("ascii"), req._path, fields)
+        scheme, host, target = req._scheme, req._host, req._path
+        route = None
+        if self.flow._server is not None:  # an addon or the configuration chose a route
+            try:
+                route = self._route(scheme, host)
+            except ValueError as e:
+                self.answer_error(502, f"flow.server_conn.via: {e}")
+                return
+        key_scheme = scheme
+        if route is not None and route.http and scheme == "http":
+            if self.head.upgrade:
+                # A WebSocket (or any upgrade) goes through a tunnel, as browsers send it:
+                # proxies drop Upgrade as hop-by-hop. Its connections are pooled apart from
+                # the absolute-form ones, which carry the proxy's credentials.
+                key_scheme = "ws"
+            else:
+                # To the HTTP proxy itself: absolute form, with its credentials (RFC 9112 3.2.2).
+                target = b"http://" + format_authority(host, req._port, 80).encode() + target
+                credentials = route.proxy_authorization
+                if credentials is not None:
+                    fields = [*fields, (b"Proxy-Authorization", credentials)]
+        head_bytes = http1.request_head(method.encode("ascii"), target, fields)
         self._request_bytes = head_bytes + body if body else head_bytes
-        self._key = (req._scheme, req._host, req._port)
+        self._key = (key_scheme, host, req._port, route)
         conn = ctx.pool.acquire(self._key, self)
         if conn is None:
             self._connect()
@@ -265,6 +291,9 @@ class Exchange(ResponseSide):
             head.version,
             self.flow.timestamp_created,
         )
+        routes = self.ctx.routes
+        if not routes.direct:
+            self._route_default = self.flow.server_conn.via = routes.choose("https", host)
         self.run_hooks("http_connect", self._connect_decided)
 
     def _connect_decided(self) -> None:
@@ -284,6 +313,12 @@ class Exchange(ResponseSide):
             return
         if self._to_ourselves(host, port):
             return
+        try:
+            route = self._route("https", host)
+        except ValueError as e:
+            self.answer_error(502, f"flow.server_conn.via: {e}")
+            return
+        self._key = ("https", host, port, route)
         if session.intercepted is not None:
             self.answer_error(400, "CONNECT inside an intercepted tunnel")
         elif ctx.passthrough(host) or host in ctx.learned or ctx.intercept is None:
@@ -292,18 +327,17 @@ class Exchange(ResponseSide):
                 return
             self.keep_alive = False
             self._to(Step.DISPATCH)
-            self.upstream = ctx.tunnel_connect(host, port, self)
+            self.upstream = ctx.tunnel_connect(host, port, self, route)
         elif ctx.eager and resp is None:
-            self._open(host, port)
+            self._open()
         else:
             self.connect_established(None)  # 200 at once; the requests inside connect
 
-    def _open(self, host: str, port: int) -> None:
+    def _open(self) -> None:
         # TCP to the origin first, so the CONNECT itself says when it cannot be reached (TLS
         # waits for the client's first bytes: they may not be TLS at all). A verified
         # connection already pooled proves as much, and gives the origin's certificate. A
         # failed CONNECT is the last request on its connection, as for a passthrough.
-        self._key = ("https", host, port)
         certificate = self.ctx.pool.idle_certificate(self._key)
         if certificate is not None:
             self.connect_established(None, certificate)
@@ -313,6 +347,21 @@ class Exchange(ResponseSide):
         conn = self.ctx.pool.connect(self._key, self, tls=False)
         if self.state is State.OPENING:  # (a connect that failed at once has answered)
             self.upstream = conn
+
+    def _route(self, scheme: str, host: str) -> Route | None:
+        """The upstream proxy this flow goes through (None: direct): the configured one for
+        where it goes now, unless an addon set `flow.server_conn.via` to another.
+
+        :raises ValueError: what an addon set is not a route.
+        """
+        server = self.flow._server
+        if server is None:
+            return None  # no addon asked, and none is configured (or it would be set)
+        via = server.via
+        if via is self._route_default:
+            # Left as configured: chosen again, for the host the hooks may have changed.
+            return self.ctx.routes.choose(scheme, host)
+        return as_route(via)
 
     def _admit(self) -> bool:
         """[access]: False if refused, or while a credential is checked (in a thread)."""

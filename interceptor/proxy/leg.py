@@ -296,3 +296,10 @@ _ABORTS_SELF = frozenset(
         Action.ESTABLISH,
     }
 )
+
+
+def abandon(transport: Any) -> None:
+    """Abort a connection that never became a leg: one to an upstream proxy whose tunnel was
+    refused, timed out or cancelled. It has no peer and no phase yet; its failure reaches the
+    leg that was waiting for it as a failed connect, which the table then decides on."""
+    transport.abortConnection()

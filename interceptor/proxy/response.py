@@ -38,7 +38,8 @@ from .headers import content_length, reframed, strip_hop_by_hop, with_length
 from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
 from .states import MOVES, State, Step
-from .upstream import UpstreamConnection
+from .upstream import Key, UpstreamConnection
+from .via import UpstreamProxyError
 
 if TYPE_CHECKING:
     from .session import Session
@@ -60,6 +61,7 @@ class ResponseSide:
         "request_complete",
         "retried",
         "_request_bytes",
+        "_key",
         "in_framing",
         "out_framing",
         "upstream_keep_alive",
@@ -83,6 +85,7 @@ class ResponseSide:
     request_complete: bool
     retried: bool
     _request_bytes: bytes
+    _key: Key  # the pool's key for the upstream connection: origin and route
     in_framing: Framing  # how the upstream frames its response
     out_framing: Framing  # how we frame it toward the client
     upstream_keep_alive: bool  # the upstream connection may be pooled afterwards
@@ -133,7 +136,16 @@ class ResponseSide:
         if self.upstream not in (None, conn):
             return
         self.upstream = None
-        status, text = connect_failure(reason)
+        self._unreachable(reason)
+
+    def _unreachable(self, reason: Failure) -> None:
+        # The origin (or the upstream proxy on the way) could not be reached: 502 or 504.
+        failed = reason.value
+        if isinstance(failed, UpstreamProxyError):
+            self.ctx.counters.upstream_proxy_failures[failed.reason] += 1
+            status, text = failed.status, failed.text  # it names the proxy, and its answer
+        else:
+            status, text = connect_failure(reason)
         self.session.end(Side.UPSTREAM, connect_ending(status), text)
 
     def upstream_timed_out(self, conn: UpstreamConnection) -> None:
@@ -190,7 +202,7 @@ class ResponseSide:
         assert req is not None  # a CONNECT's target was parsed before it came here
         self.flow.status = 200
         self.upgrade()
-        self.session.intercept(req.host, req.port, conn, certificate, self.flow)
+        self.session.intercept(req.host, req.port, conn, certificate, self.flow, self._key[3])
 
     @property
     def gone(self) -> bool:
@@ -215,8 +227,7 @@ class ResponseSide:
         """The passthrough upstream could not be reached."""
         if self.state is State.CONNECTING:
             self.upstream = None
-            status, text = connect_failure(reason)
-            self.session.end(Side.UPSTREAM, connect_ending(status), text)
+            self._unreachable(reason)
 
     # -- the response ----------------------------------------------------------------------
 
@@ -263,6 +274,15 @@ class ResponseSide:
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, "unexpected upstream response")
             return
         ctx = self.ctx
+        route = self._key[3]
+        if head.status == 407 and route is not None and route.http and self._key[0] == "http":
+            # The HTTP proxy we sent the request to wants other credentials: ours to say, not
+            # the client's to answer (it never spoke to that proxy).
+            ctx.counters.upstream_proxy_failures["auth"] += 1
+            answered = f"407 {head.reason.decode('latin-1')}".rstrip()
+            detail = f"upstream proxy {route} answered {answered}"
+            self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, detail)
+            return
         headers = strip_hop_by_hop(head.headers)
         via = ctx.via_for(head.version)
         if via is not None:

@@ -40,6 +40,7 @@ from .response import ResponseSide
 from .states import TAKES_BODY
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection
+from .via import Route
 
 if TYPE_CHECKING:
     from .downstream import ClientConnection
@@ -70,6 +71,7 @@ class Session:
         self._hello = b""
         self._certificate: object | None = None
         self._connect_flow: HTTPFlow | None = None  # that CONNECT's, should it become a relay
+        self._connect_route: Route | None = None  # and the upstream proxy it goes through
         # That CONNECT's flow id, the parent of every exchange inside it.
         self.parent_id: str | None = None
         self._paused_queue = False  # too many events queued: stop reading the client
@@ -316,6 +318,7 @@ class Session:
         origin: UpstreamConnection | None,
         certificate: object | None,
         flow: HTTPFlow | None = None,
+        route: Route | None = None,
     ) -> None:
         """An intercepted CONNECT: answer 200, then read what the client sends inside. Its
         first bytes say what: TLS (terminated here), plain HTTP, or anything else (relayed).
@@ -323,9 +326,11 @@ class Session:
         `origin`: a TCP connection to it (eager connects), used for whichever that is; TLS to
         the origin runs before the client's, so the leaf copies the origin certificate's names.
         `certificate`: those names' source when it is known already (a pooled connection).
-        `flow`: the CONNECT's, recorded again with its totals if the tunnel becomes a relay."""
+        `flow`: the CONNECT's, recorded again with its totals if the tunnel becomes a relay.
+        `route`: the upstream proxy the CONNECT goes through, should it become a relay."""
         leftover = self._take_tunnel_bytes()
         self._connect_flow = flow
+        self._connect_route = route
         if flow is not None:
             self.parent_id = flow.id
         self.exchanges.clear()
@@ -368,12 +373,17 @@ class Session:
                 carry_out(Side.UPSTREAM, Ending.UNREACHABLE, Phase.TUNNEL, None, self.client)
             else:
                 self.client.pause_reading()  # until the tunnel can take the rest
-                self.ctx.tunnel_connect(host, port, self)
+                self.ctx.tunnel_connect(host, port, self, self._connect_route)
             return
         self.intercepted = ("http", host, port)
         if origin is not None:  # plain HTTP to the origin: its first request takes this one
             self._origin = origin.owner = None
-            self.ctx.pool.release(origin, ("http", host, port))
+            route = origin.route
+            if route is not None and route.http:
+                # Plain requests to an HTTP proxy go to the proxy itself, not down a tunnel.
+                carry_out(Side.UPSTREAM, Ending.DONE, Phase.IDLE, origin)
+            else:
+                self.ctx.pool.release(origin, ("http", host, port, route))
         self.events.extend(events)
         self.pump()
 

@@ -21,7 +21,8 @@ from ..process import Counters, SocketRegistry
 from .context import TunnelOwner
 from .leg import BufferSignal, Leg, end
 from .lifecycle import Action, Ending, Phase, Side
-from .upstream import OneShotFactory, client_endpoint
+from .upstream import OneShotFactory
+from .via import Route, route_endpoint
 
 
 class Tunnel:
@@ -143,6 +144,7 @@ class TunnelUpstream(Leg):
         super().__init__(clock, counters, registry)
         self.owner = owner
         self.relay: Tunnel | None = None
+        self.route: Route | None = None  # the upstream proxy it goes through (None: direct)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -193,10 +195,13 @@ def connect_tunnel(
     host: str,
     port: int,
     owner: TunnelOwner,
+    route: Route | None = None,
 ) -> TunnelUpstream:
-    """Start the upstream leg of a passthrough tunnel for `owner`; it reports back to it."""
+    """Start the upstream leg of a passthrough tunnel for `owner` (through `route`'s upstream
+    proxy, if any); it reports back to it."""
     leg = TunnelUpstream(owner, reactor, counters, registry)
-    endpoint = client_endpoint(reactor, hosts.get(host.lower(), host), port, connect_timeout)
+    leg.route = route
+    endpoint = route_endpoint(reactor, route, host, port, connect_timeout, hosts)
     d = endpoint.connect(OneShotFactory(leg))
     if not d.called:
         leg.connecting = d

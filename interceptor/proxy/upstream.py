@@ -18,20 +18,21 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..hosts import parse_ip
 from ..process import Counters, SocketRegistry
 from .events import ResponseEvent, TunnelData
 from .http1 import ResponseReader
 from .leg import BufferSignal, Leg, TLSCapable, end
 from .lifecycle import Ending, Phase, Side
+from .via import Route, route_endpoint
 
-Key = tuple[str, str, int]  # (scheme, host, port)
+# (scheme, host, port, route): connections through an upstream proxy are never mixed with
+# direct ones, nor with another proxy's.
+Key = tuple[str, str, int, Route | None]
 
 SURPLUS_GRACE = 1.0  # seconds idle before a connection beyond the pool size is closed
 
@@ -103,6 +104,11 @@ class UpstreamConnection(Leg):
         self.timestamp_start = pool.clock.seconds()
         self.timestamp_tcp_setup: float | None = None
         self.timestamp_tls_setup: float | None = None
+
+    @property
+    def route(self) -> Route | None:
+        """The upstream proxy this connection goes through (None: direct)."""
+        return self.key[3]
 
     def first_use(self) -> tuple[float, float | None, float | None] | None:
         """(connect began, TCP up, TLS verified) while the connection serves its first
@@ -283,17 +289,6 @@ class OneShotFactory(Factory):
         return self._proto
 
 
-def client_endpoint(reactor: object, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """A TCP endpoint for `host`: IP literals directly, names through the resolver."""
-    ip = parse_ip(host)
-    version = ip.version if ip is not None else 0
-    if version == 4:
-        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if version == 6:
-        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-
 class Pool:
     """Idle persistent upstream connections per (scheme, host, port), shared by all clients."""
 
@@ -347,12 +342,14 @@ class Pool:
         Connect errors (refused, DNS, timeout) reach the owner's `upstream_failed`; everything
         after the TCP connect, TLS failures included, its other callbacks.
         """
-        scheme, host, port = key
+        scheme, host, port, route = key
         if tls is None:
             tls = scheme == "https"
         conn = UpstreamConnection(self, key, owner, tls)
-        endpoint = client_endpoint(
-            self.reactor, self.hosts.get(host.lower(), host), port, self.connect_timeout
+        # Plain HTTP through an HTTP proxy goes to the proxy (in absolute form); everything
+        # else through a proxy ("ws": an upgrade through an HTTP proxy) through its tunnel.
+        endpoint = route_endpoint(
+            self.reactor, route, host, port, self.connect_timeout, self.hosts, scheme != "http"
         )
         if tls:
             if self.tls_creator is None:
