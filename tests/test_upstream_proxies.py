@@ -114,6 +114,18 @@ def test_a_wrong_password_is_a_502_saying_what_tinyproxy_answered(
         f"upstream proxy http://alice@127.0.0.1:{tinyproxy_auth.port} answered 401 Unauthorized "
         "to CONNECT"
     ), line
+    # A plain GET likewise: tinyproxy's own 401 (no Via: it made it, relayed nothing).
+    status, body = _status_and_body(
+        _curl(proxy, "-w", "\n%{http_code}", origin.route("/g", respond(b"never")))
+    )
+    assert (status, error_line(body)) == (
+        502, f"upstream proxy http://alice@127.0.0.1:{tinyproxy_auth.port} answered 401 Unauthorized"
+    )
+    # An origin's own 401 passes through the proxy marked with its Via: relayed as it is.
+    own = _start(proxy_factory, tinyproxy_auth.url, root)
+    asks = origin.route("/login", respond(b"log in first", status=401))
+    status, body = _status_and_body(_curl(own, "-w", "\n%{http_code}", asks))
+    assert (status, body) == (401, b"log in first")
     # Without any credentials tinyproxy says 407; on a plain request that is a 502 too (the
     # client never spoke to that proxy: its 407 is not the client's to answer).
     bare = _start(proxy_factory, f"http://127.0.0.1:{tinyproxy_auth.port}", root)
@@ -124,7 +136,7 @@ def test_a_wrong_password_is_a_502_saying_what_tinyproxy_answered(
     assert error_line(body).endswith("answered 407 Proxy Authentication Required")
     assert origin.requests_for("/p") == []
     text = scrape(admin)
-    assert metric_value(text, "interceptor_upstream_proxy_failures_total", {"reason": "auth"}) == 1
+    assert metric_value(text, "interceptor_upstream_proxy_failures_total", {"reason": "auth"}) == 2
 
 
 def test_a_dead_upstream_proxy_is_a_502_naming_it(

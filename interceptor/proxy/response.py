@@ -39,7 +39,7 @@ from .leg import Leg, end
 from .lifecycle import Ending, Phase, Side, connect_ending, connect_failure, stale_reuse
 from .states import MOVES, State, Step
 from .upstream import Key, UpstreamConnection
-from .via import UpstreamProxyError
+from .via import Route, UpstreamProxyError
 
 if TYPE_CHECKING:
     from .session import Session
@@ -275,11 +275,11 @@ class ResponseSide:
             return
         ctx = self.ctx
         route = self._key[3]
-        if head.status == 407 and route is not None and route.http and self._key[0] == "http":
+        if route is not None and route.http and self._key[0] == "http" and _refused_us(head, route):
             # The HTTP proxy we sent the request to wants other credentials: ours to say, not
             # the client's to answer (it never spoke to that proxy).
             ctx.counters.upstream_proxy_failures["auth"] += 1
-            answered = f"407 {head.reason.decode('latin-1')}".rstrip()
+            answered = f"{head.status} {head.reason.decode('latin-1')}".rstrip()
             detail = f"upstream proxy {route} answered {answered}"
             self.session.end(Side.UPSTREAM, Ending.PROTOCOL_ERROR, detail)
             return
@@ -582,3 +582,16 @@ def _pieces(result: bytes | Iterable[bytes] | Any) -> Iterable[bytes]:
     if isinstance(result, bytes | bytearray | memoryview):
         return (bytes(result),)
     return (bytes(piece) for piece in result)
+
+
+def _refused_us(head: ResponseHead, route: Route) -> bool:
+    """An HTTP proxy's answer to a plain request is its own refusal of our credentials: a 407,
+    or a 401 (tinyproxy's answer to a wrong password) that came without a Via, so the proxy
+    made it rather than relayed an origin's (which RFC 9110 7.6.3 has it mark with one)."""
+    if head.status == 407:
+        return True
+    return (
+        head.status == 401
+        and route.proxy_authorization is not None
+        and not any(name.lower() == b"via" for name, _ in head.headers)
+    )
