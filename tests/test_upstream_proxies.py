@@ -118,9 +118,8 @@ def test_a_wrong_password_is_a_502_saying_what_tinyproxy_answered(
     status, body = _status_and_body(
         _curl(proxy, "-w", "\n%{http_code}", origin.route("/g", respond(b"never")))
     )
-    assert (status, error_line(body)) == (
-        502, f"upstream proxy http://alice@127.0.0.1:{tinyproxy_auth.port} answered 401 Unauthorized"
-    )
+    named = f"upstream proxy http://alice@127.0.0.1:{tinyproxy_auth.port}"
+    assert (status, error_line(body)) == (502, f"{named} answered 401 Unauthorized")
     # An origin's own 401 passes through the proxy marked with its Via: relayed as it is.
     own = _start(proxy_factory, tinyproxy_auth.url, root)
     asks = origin.route("/login", respond(b"log in first", status=401))
