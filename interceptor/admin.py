@@ -17,15 +17,23 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.web.iweb import IRequest
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory, IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from . import __version__
+from .metricsmerge import merge_expositions, readiness
 from .process import Histogram, open_fd_count
 
 if TYPE_CHECKING:
     from .service import ProxyService
+    from .workers import Supervisor
 
 
 class _Collector:
@@ -249,12 +257,128 @@ def admin_site(service: ProxyService) -> Site:
         text = "".join(f"{host} {left:.0f}\n" for host, left in rows)
         return 200, b"text/plain; charset=utf-8", text.encode()
 
+    return _site(
+        passthrough=_Text(learned), healthz=_Text(healthz), readyz=_Text(readyz),
+        metrics=_Text(metrics),
+    )  # fmt: skip
+
+
+def _site(**children: Resource) -> Site:
     root = Resource()
-    root.putChild(b"passthrough", _Text(learned))
-    root.putChild(b"healthz", _Text(healthz))
-    root.putChild(b"readyz", _Text(readyz))
-    root.putChild(b"metrics", _Text(metrics))
+    for name, child in children.items():
+        root.putChild(name.encode(), child)
     site = _QuietSite(root)
     site.noisy = False
     site.displayTracebacks = False
     return site
+
+
+# -- the supervisor's (workers > 1): one view of every worker ------------------------------
+
+_ASK_TIMEOUT = 2.0  # seconds a worker's admin endpoint may take to answer a scrape
+
+
+class _Async(Resource):
+    """A GET answered when `fn`'s Deferred fires with (status, content type, body)."""
+
+    isLeaf = True
+
+    def __init__(self, fn: Callable[[], Deferred[tuple[int, bytes, bytes]]]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def render_GET(self, request: IRequest) -> object:
+        def answer(result: tuple[int, bytes, bytes]) -> None:
+            status, ctype, body = result
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", ctype)
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            # A scrape must always be answered: a hung one is worse than a 500 saying why.
+            answer((500, b"text/plain", f"{failure.getErrorMessage()}\n".encode()))
+
+        self.fn().addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+
+@implementer(IAgentEndpointFactory)
+class _WorkerSockets:
+    """http://worker-N/... goes to worker N's admin socket."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        number = int(uri.host.decode().removeprefix("worker-"))
+        path = self.supervisor.admin_socket(number)
+        return UNIXClientEndpoint(self.supervisor.reactor, path, timeout=_ASK_TIMEOUT)
+
+
+def supervisor_site(supervisor: Supervisor) -> Site:
+    """The admin web site of a supervisor: /healthz for itself, /readyz and /metrics for
+    its workers (asked on their private admin sockets, merged into one view)."""
+    reactor = supervisor.reactor
+    agent = Agent.usingEndpointFactory(reactor, _WorkerSockets(supervisor))
+    own = CollectorRegistry(auto_describe=False)
+    own.register(_SupervisorCollector(supervisor))
+
+    def ask(number: int, path: str) -> Deferred[tuple[int, bytes] | None]:
+        d = agent.request(b"GET", f"http://worker-{number}{path}".encode())
+
+        def read(response: Any) -> Deferred[tuple[int, bytes]]:
+            return readBody(response).addCallback(lambda body: (response.code, body))
+
+        d.addCallback(read)
+        d.addTimeout(_ASK_TIMEOUT, reactor)
+        answer: Deferred[tuple[int, bytes] | None] = d.addErrback(lambda _: None)
+        return answer  # None: no answer
+
+    def ask_all(path: str) -> Deferred[dict[str, tuple[int, bytes] | None]]:
+        numbers = sorted(supervisor.workers)
+        waiting = gatherResults([ask(n, path) for n in numbers])
+        names = [str(n) for n in numbers]
+        return waiting.addCallback(lambda answers: dict(zip(names, answers, strict=True)))
+
+    def healthz() -> tuple[int, bytes, bytes]:
+        return 200, b"text/plain", b"ok\n"
+
+    def readyz() -> Deferred[tuple[int, bytes, bytes]]:
+        def judge(answers: dict[str, tuple[int, bytes] | None]) -> tuple[int, bytes, bytes]:
+            statuses = {n: (a[0] if a is not None else None) for n, a in answers.items()}
+            ready, why = readiness(statuses)
+            if ready and supervisor.ready:
+                return 200, b"text/plain", b"ready\n"
+            return 503, b"text/plain", f"not ready: {why or 'starting or stopping'}\n".encode()
+
+        return ask_all("/readyz").addCallback(judge)
+
+    def metrics() -> Deferred[tuple[int, bytes, bytes]]:
+        def merge(answers: dict[str, tuple[int, bytes] | None]) -> tuple[int, bytes, bytes]:
+            texts = {n: a[1].decode() for n, a in answers.items() if a is not None and a[0] == 200}
+            body = merge_expositions(texts).encode() + bytes(generate_latest(own))
+            return 200, CONTENT_TYPE_LATEST.encode(), body
+
+        return ask_all("/metrics").addCallback(merge)
+
+    return _site(healthz=_Text(healthz), readyz=_Async(readyz), metrics=_Async(metrics))
+
+
+class _SupervisorCollector:
+    """The supervisor's own figures: its workers, and how often they were started again."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Any:
+        sup = self.supervisor
+        running = sum(1 for w in sup.workers.values() if not w.ended.called)
+        yield GaugeMetricFamily(
+            "interceptor_workers_running", "Worker processes running now", value=running
+        )
+        yield CounterMetricFamily(
+            "interceptor_worker_restarts",
+            "Workers started again after they died",
+            value=sup.restarts,
+        )

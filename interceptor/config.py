@@ -110,6 +110,7 @@ class ProxyConfig:
     half_close_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     sigpipe: str = "ignore"
+    workers: int = 1  # 0: "auto"
     via_name: str = ""
 
     def __post_init__(self) -> None:
@@ -427,6 +428,28 @@ def _coerce_max_files(value: object) -> int | None:
     return value
 
 
+def _coerce_workers(value: object) -> int:
+    # 0 is how "auto" is held (the usable cores, counted at start-up).
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f'expected "auto" or an integer, got {_show(value)}')
+    if value < 1:
+        raise _Invalid(f"must be >= 1 (or \"auto\"), got {value}")
+    return value
+
+
+def _env_workers(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _env_int(text)
+
+
+def workers_wanted(config: Config) -> int:
+    """`proxy.workers` as a number: "auto" is the cores this process may run on."""
+    return config.proxy.workers or len(os.sched_getaffinity(0))
+
+
 def _env_max_files(text: str) -> int | str:
     if text.strip().lower() == "hard":
         return "hard"
@@ -464,6 +487,7 @@ _STRS = _Kind(_coerce_strs, _env_strs)
 _HOSTS = _Kind(_coerce_hosts, _env_hosts)
 # None (no number) is how "hard" is held; --print-config must write it back as "hard".
 _MAX_FILES = _Kind(_coerce_max_files, _env_max_files, lambda v: "hard" if v is None else v)
+_WORKERS = _Kind(_coerce_workers, _env_workers, lambda v: "auto" if v == 0 else v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,6 +803,9 @@ _FIELDS: tuple[_Field, ...] = (
        "Seconds to drain connections on SIGTERM before closing them."),
     _F("proxy", "sigpipe", _STR, "ignore", (_one_of("ignore", "close", "inherit"),),
        "SIGPIPE: ignore it, close (abort the failed connection) or inherit the parent's."),
+    _F("proxy", "workers", _WORKERS, 1, (),
+       "Worker processes sharing the listeners (\"auto\": one per usable core); above 1 the "
+       "twistd process supervises them and serves the admin endpoint."),
     _F("proxy", "via_name", _STR, "", (_token,),
        "Pseudonym in the Via header we add, by which loops are detected (508); empty: "
        "derived from the host name and listeners, so two instances differ."),

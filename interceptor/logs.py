@@ -29,9 +29,13 @@ from zope.interface import implementer
 class StdoutObserver:
     """Writes each event as a text or JSON line to a file descriptor, never blocking or raising."""
 
-    def __init__(self, fmt: str = "text", fd: int = 1) -> None:
+    def __init__(self, fmt: str = "text", fd: int = 1, worker: int | None = None) -> None:
         self.fd = fd
         self.json = fmt == "json"
+        # A worker process's lines say which worker wrote them (JSON: "worker": N; text: in
+        # the bracket, "[interceptor.access#info worker=N]").
+        self.worker = worker
+        self._tag = f" worker={worker}" if worker is not None else ""
         self.dropped = 0  # lines dropped because the pipe was full
         self.dead = False  # the descriptor is gone: nothing more is written
         self._stamp_second = -1
@@ -48,7 +52,12 @@ class StdoutObserver:
         if self.dead:
             return
         try:
-            line = json_line(event) if self.json else self._text_line(event)
+            if not self.json:
+                line = self._text_line(event)
+            elif self.worker is None:
+                line = json_line(event)
+            else:
+                line = json_line({**event, "worker": self.worker})
             if not line:
                 return
             os.write(self.fd, line.encode("utf-8", "replace"))
@@ -64,6 +73,8 @@ class StdoutObserver:
         """twistd's classic line; events that carry a pre-rendered `text` skip the formatter."""
         text = event.get("text")
         if event.get("log_format") != "{text}" or not isinstance(text, str) or "\n" in text:
+            if self.worker is not None:
+                event = {**event, "log_system": f"{event.get('log_namespace', '-')}{self._tag}"}
             return formatEventAsClassicLogText(event)
         when = event.get("log_time", 0.0)
         second = int(when)
@@ -71,7 +82,7 @@ class StdoutObserver:
             self._stamp_second = second
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
         level = getattr(event.get("log_level"), "name", "info")
-        return f"{self._stamp} [{event.get('log_namespace', '-')}#{level}] {text}\n"
+        return f"{self._stamp} [{event.get('log_namespace', '-')}#{level}{self._tag}] {text}\n"
 
 
 _LEGACY_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure"})

@@ -43,6 +43,7 @@ from .proxy.tunnel import TunnelUpstream, connect_tunnel
 from .proxy.upstream import Pool
 from .proxy.via import Route, Routes, configured_routes, read_credentials
 from .web.site import WebUI
+from .workers import adopt
 
 _log = Logger(namespace="interceptor")
 
@@ -67,10 +68,17 @@ class ProxyService(Service):
     """The whole proxy as one twistd service."""
 
     def __init__(
-        self, config: Config, reactor: Any, environ: Mapping[str, str] | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        environ: Mapping[str, str] | None = None,
+        worker: int | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
+        # Worker N of a supervisor (workers.py): the proxy listeners are the sockets it
+        # inherited (descriptors 3, 4, ...: one per proxy.listen), not its own to bind.
+        self.worker = worker
         # Where `[upstream] proxy = "env"` finds its variables (the process's, by default).
         self.environ = environ if environ is not None else {}
         self.routes: Routes | None = None
@@ -99,7 +107,7 @@ class ProxyService(Service):
         """
         setComponent = getattr(parent, "setComponent", None)
         if setComponent is not None:
-            setComponent(ILogObserver, StdoutObserver(self.config.log.format))
+            setComponent(ILogObserver, StdoutObserver(self.config.log.format, worker=self.worker))
         return super().setServiceParent(parent)
 
     # -- start ---------------------------------------------------------------------------------
@@ -188,9 +196,15 @@ class ProxyService(Service):
         self._start_admin()
         self._start_web(ca)
         factory = ProxyFactory(self.ctx, self.registry)
-        for description in cfg.proxy.listen:
+        for i, description in enumerate(cfg.proxy.listen):
+            if self.worker is not None:
+                self.ports.append(adopt(self.reactor, 3 + i, factory))
+                _log.info("proxy accepting on {endpoint} (the supervisor's)", endpoint=description)
+                continue
             self.ports.append(self._listen(description, factory, "proxy.listen"))
             _log.info("proxy listening on {endpoint}", endpoint=description)
+        if self.worker is not None:
+            _watch_supervisor(self.reactor)
         self.ctx.learned = LearnedPassthrough(
             self.reactor, cfg.tls.learn_passthrough, cfg.tls.learn_passthrough_ttl
         )
@@ -496,6 +510,25 @@ class ProxyService(Service):
 
 # Seconds for the connections cut at the drain deadline to be lost (their last turn).
 _CUT_GRACE = 1.0
+
+
+def _watch_supervisor(reactor: Any) -> None:
+    """A worker stops (draining) when its supervisor is gone: the pipe it has as stdin then
+    closes, whatever killed the supervisor (even SIGKILL)."""
+    from twisted.internet import process
+
+    class Orphaned:
+        # What a ProcessReader reports to (it was made for a child's pipes; here it reads
+        # ours from the supervisor).
+        def childDataReceived(self, name: str, data: bytes) -> None:
+            pass
+
+        def childConnectionLost(self, name: str, reason: Failure) -> None:
+            if reactor.running:
+                _log.warn("{text}", text="supervisor gone: this worker stops")
+                reactor.stop()
+
+    process.ProcessReader(reactor, Orphaned(), "stdin", 0).startReading()
 
 
 def _in_flight(sessions: Iterable[Session]) -> list[str]:

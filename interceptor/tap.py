@@ -40,6 +40,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $INTERCEPTOR_CONFIG)."],
+        # Internal: how a supervisor ([proxy] workers > 1) starts its worker N.
+        ["worker", None, None, "(internal) run as worker N of a supervisor.", int],
     ]
     optFlags = [
         [
@@ -116,8 +118,19 @@ def makeService(options: Options) -> IService:
         # such a proxy would never stop on SIGINT. mitmdump does; so does this, gracefully.
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    from .service import ProxyService
+    from .config import workers_wanted
+    from .service import ProxyService, StartupError
 
-    service = ProxyService(options.config, reactor, os.environ)
+    config = options.config
+    if options["worker"] is None and workers_wanted(config) > 1:
+        from .workers import Supervisor, WorkerStartError
+
+        supervisor = Supervisor(config, reactor, options["config"], os.environ)
+        try:
+            supervisor.prepare()  # the CA and every listener, before anything accepts
+        except WorkerStartError as e:
+            raise StartupError(str(e), code=2) from None
+        return supervisor
+    service = ProxyService(config, reactor, os.environ, worker=options["worker"])
     service.prepare()  # before twistd takes over stderr: a bad CA or addon is one line there
     return service

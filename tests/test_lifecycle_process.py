@@ -160,13 +160,31 @@ class FdMonitor:
         self._thread.join(5)
 
 
-def wait_fds_at_most(proxy: ProxyProcess, limit: int, timeout: float) -> tuple[int, float]:
-    """Poll until the proxy has at most `limit` descriptors; (count, seconds it took)."""
+def proxy_pids(proxy: ProxyProcess, workers: int) -> list[int]:
+    """The processes that serve: the proxy itself, or its `workers` once they accept."""
+    if workers == 1:
+        return [proxy.pid]
+    from tests.test_workers import started_workers
+
+    return started_workers(proxy, workers)
+
+
+def fds_of(pids: list[int]) -> int:
+    """Descriptors held by all of `pids` together."""
+    return sum(fd_count(pid) for pid in pids)
+
+
+def wait_fds_at_most(
+    proxy: ProxyProcess, limit: int, timeout: float, pids: list[int] | None = None
+) -> tuple[int, float]:
+    """Poll until the proxy (or `pids`, its workers) has at most `limit` descriptors;
+    (count, seconds it took)."""
     start = time.monotonic()
-    last = [fd_count(proxy.pid)]
+    serving = pids or [proxy.pid]
+    last = [fds_of(serving)]
 
     def ok() -> bool:
-        last[0] = fd_count(proxy.pid)
+        last[0] = fds_of(serving)
         return last[0] <= limit
 
     wait_for(
@@ -183,18 +201,27 @@ def wait_fds_at_most(proxy: ProxyProcess, limit: int, timeout: float) -> tuple[i
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     "mode,ignored,caught",
     [("ignore", True, False), ("close", False, True), ("inherit", False, False)],
 )
-def test_sigpipe_disposition_under_sig_dfl(proxy_factory, mode, ignored, caught):
-    """Each policy's disposition, as the kernel sees it, when started with SIG_DFL."""
-    proxy = proxy_factory(env=proxy_env(proxy_sigpipe=mode), launcher=sigdfl_launcher())
-    # start_proxy returns once the proxy listens, and the policy is applied before that.
-    state = sigpipe_state(proxy.pid)
-    print(f"{mode}: SIGPIPE (ignored, caught) = {state}")
-    assert state == (ignored, caught), with_log(proxy, f"{mode}: (ignored, caught) = {state}")
-    proxy.wait_for_log(rf"SIGPIPE policy {mode} \(replaced SIG_DFL\)")
+def test_sigpipe_disposition_under_sig_dfl(proxy_factory, mode, ignored, caught, workers):
+    """Each policy's disposition, as the kernel sees it, when started with SIG_DFL: in the
+    proxy, or in each of its workers (which start as their supervisor was started)."""
+    proxy = proxy_factory(
+        env=proxy_env(proxy_sigpipe=mode, proxy_workers=str(workers)), launcher=sigdfl_launcher()
+    )
+    # start_proxy returns once the proxy listens, and the policy is applied before that; a
+    # worker applies it before it accepts.
+    pids = proxy_pids(proxy, workers)
+    for pid in pids:
+        state = sigpipe_state(pid)
+        print(f"{mode}: SIGPIPE (ignored, caught) = {state} in {pid}")
+        assert state == (ignored, caught), with_log(proxy, f"{mode}: (ignored, caught) = {state}")
+    for _ in pids:
+        proxy.wait_for_log(rf"SIGPIPE policy {mode} \(replaced SIG_DFL\)")
+    assert proxy.log_text().count(f"SIGPIPE policy {mode} (replaced SIG_DFL)") == len(pids)
 
 
 def test_sigpipe_ignore_under_python_default_reports_sig_ign(proxy_factory):
@@ -253,9 +280,10 @@ def test_inherit_under_sig_dfl_dies_of_sigpipe_in_storm(proxy_factory, origin, k
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("kind", ["tunnel", "http"])
 @pytest.mark.parametrize("mode", ["ignore", "close"])
-def test_policy_survives_storm_under_sig_dfl(proxy_factory, origin, mode, kind):
+def test_policy_survives_storm_under_sig_dfl(proxy_factory, origin, mode, kind, workers):
     """`ignore` and `close` under SIG_DFL survive the same storms and keep serving.
 
     In `close` mode the tunnel storm delivers SIGPIPE for sure (it kills `inherit` within a
@@ -264,11 +292,16 @@ def test_policy_survives_storm_under_sig_dfl(proxy_factory, origin, mode, kind):
     """
     admin_port = free_port()
     proxy = proxy_factory(
-        env=tunnel_env(proxy_sigpipe=mode, admin_listen=f"tcp:{admin_port}:interface={LOOPBACK}"),
+        env=tunnel_env(
+            proxy_sigpipe=mode,
+            admin_listen=f"tcp:{admin_port}:interface={LOOPBACK}",
+            proxy_workers=str(workers),
+        ),
         launcher=sigdfl_launcher(),
     )
+    pids = proxy_pids(proxy, workers)
     assert_serves(proxy, origin)
-    baseline = fd_count(proxy.pid)
+    baseline = fds_of(pids)
     storm = Storm(
         tunnel_targets(proxy, origin),
         (kind,),
@@ -280,10 +313,11 @@ def test_policy_survives_storm_under_sig_dfl(proxy_factory, origin, mode, kind):
     results = storm.run()
     errors = [r.error for r in results if r.error]
     assert proxy.running(), with_log(proxy, f"{mode}: proxy died during the {kind} storm")
+    assert "starting it again" not in proxy.log_text(), with_log(proxy, "a worker died")
     assert len(results) == HAZARD_MAX_CONNECTIONS
     assert not errors, with_log(proxy, f"{len(errors)} storm clients failed: {errors[:5]}")
     assert_serves(proxy, origin)
-    after, took = wait_fds_at_most(proxy, baseline + FD_SLACK, 5.0)
+    after, took = wait_fds_at_most(proxy, baseline + FD_SLACK, 5.0, pids)
     metrics = scrape(admin_port)
     received = metric_value(metrics, "interceptor_sigpipe_received_total")
     aborts = metric_value(metrics, "interceptor_sigpipe_handler_aborts_total")

@@ -1,0 +1,194 @@
+"""Worker processes (`[proxy] workers`), as a process sees them: a real supervisor and its real
+workers under twistd, their dispositions and descriptors read from /proc, traffic through
+curl and raw sockets, /metrics through the supervisor's admin endpoint."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.storm import fd_count, sigpipe_state
+from tests.support import (
+    OriginServer,
+    ProxyProcess,
+    exchange,
+    failed_start,
+    free_port,
+    get,
+    respond,
+    wait_for,
+)
+from tests.test_operations import (
+    admin_status,
+    assert_orderly_exit,
+    metric_value,
+    scrape,
+    start_with_admin,
+)
+
+TIMEOUT = 20.0
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The pids of `supervisor`'s child processes (its workers)."""
+    path = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+    try:
+        return [int(pid) for pid in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def started_workers(proxy: ProxyProcess, count: int) -> list[int]:
+    """Wait until `count` workers accept on the supervisor's sockets; their pids."""
+    found: list[int] = []
+
+    def accepting() -> bool:
+        found[:] = worker_pids(proxy.pid)
+        numbers = set(re.findall(r"worker=(\d+)\] proxy accepting on", proxy.log_text()))
+        return len(found) == count and len(numbers) >= count
+
+    wait_for(accepting, TIMEOUT, message=lambda: f"{found} workers; log:\n{proxy.log_tail()}")
+    return found
+
+
+def start_workers(
+    proxy_factory: Callable[..., ProxyProcess], count: int = 2, **env: str
+) -> tuple[ProxyProcess, int, list[int]]:
+    """A supervisor of `count` workers with its admin endpoint: (proxy, admin port, pids)."""
+    proxy, admin = start_with_admin(proxy_factory, INTERCEPTOR_PROXY_WORKERS=str(count), **env)
+    pids = started_workers(proxy, count)
+    wait_for(lambda: admin_status(admin, "/readyz") == 200, TIMEOUT, message=proxy.log_tail)
+    return proxy, admin, pids
+
+
+def test_two_workers_ignore_sigpipe_share_the_traffic_and_count_it_once(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    proxy, admin, pids = start_workers(proxy_factory)
+    assert len(set(pids)) == 2 and proxy.pid not in pids
+    for pid in pids:
+        assert sigpipe_state(pid) == (True, False), f"worker {pid}: SIGPIPE not ignored"
+    url = origin.route("/w", respond(b"served"))
+    for _ in range(40):  # a connection each: the kernel spreads them over the workers
+        resp, conn = exchange(proxy.port, get(url))
+        conn.close()
+        assert resp.status == 200 and resp.body == b"served"
+    # One view: the supervisor's /metrics sums what both workers counted.
+    wait_for(
+        lambda: metric_value(scrape(admin), "interceptor_responses_total", {"class": "2xx"})
+        == 40,
+        TIMEOUT,
+        message=lambda: scrape(admin),
+    )
+    text = scrape(admin)
+    assert metric_value(text, "interceptor_workers_running", {}) == 2
+    # Per-worker figures carry the worker's number; access lines say who served them.
+    assert 'interceptor_connections_open{side="client",worker="1"}' in text, text
+    served = re.findall(r"\[interceptor\.access#info worker=(\d)\] .* 200 ", proxy.log_text())
+    assert len(served) == 40 and set(served) == {"1", "2"}, served
+    proxy.send_signal(signal.SIGTERM)
+    proxy.popen.wait(timeout=TIMEOUT)
+    assert_orderly_exit(proxy)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_a_worker_that_dies_is_started_again_and_serves(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    proxy, admin, pids = start_workers(proxy_factory)
+    victim = pids[0]
+    Path(f"/proc/{victim}/status").read_text()  # (it exists)
+    import os
+
+    os.kill(victim, signal.SIGKILL)
+    line = proxy.wait_for_log(
+        rf"worker (\d) \(pid {victim}\) was killed by SIGKILL: starting it again in 0\.5 s"
+    )
+    assert line
+    new = started_workers(proxy, 2)
+    assert victim not in new
+    wait_for(lambda: admin_status(admin, "/readyz") == 200, TIMEOUT, message=proxy.log_tail)
+    url = origin.route("/again", respond(b"again"))
+    for _ in range(10):
+        resp, conn = exchange(proxy.port, get(url))
+        conn.close()
+        assert resp.status == 200
+    text = scrape(admin)
+    assert metric_value(text, "interceptor_worker_restarts_total", {}) == 1
+
+
+def test_descriptors_come_back_to_baseline_over_all_workers(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    proxy, admin, pids = start_workers(proxy_factory)
+    url = origin.route("/fd", respond(b"x" * 1000))
+    # Warm: each worker has made its pooled upstream connection.
+    for _ in range(20):
+        resp, conn = exchange(proxy.port, get(url))
+        conn.close()
+    clients_open = {"side": "client"}
+
+    def settled() -> int:
+        wait_for(
+            lambda: metric_value(scrape(admin), "interceptor_connections_open", clients_open)
+            == 0,
+            TIMEOUT,
+            message=lambda: scrape(admin),
+        )
+        return sum(fd_count(pid) for pid in pids)
+
+    baseline = settled()
+    conns = [exchange(proxy.port, get(url))[1] for _ in range(100)]
+    assert sum(fd_count(pid) for pid in pids) > baseline
+    for conn in conns:
+        conn.close()
+    wait_for(
+        lambda: sum(fd_count(pid) for pid in pids) <= baseline + 2,
+        TIMEOUT,
+        message=lambda: f"{sum(fd_count(pid) for pid in pids)} descriptors, {baseline} before",
+    )
+
+
+def test_a_busy_port_is_one_line_before_any_worker_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = failed_start(
+            tmp_path, "--listen", f"127.0.0.1:{port}", INTERCEPTOR_PROXY_WORKERS="2"
+        )
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"interceptor: proxy.listen: cannot listen on tcp:{port}:"), line
+    assert "worker" not in result.stdout
+
+
+DYING = """
+import os
+
+
+def running():
+    os._exit(3)
+"""
+
+
+def test_a_worker_that_keeps_dying_stops_the_proxy_with_one_line(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    script = tmp_path / "dying.py"
+    script.write_text(DYING)
+    proxy = proxy_factory(
+        env={
+            "INTERCEPTOR_PROXY_WORKERS": "2",
+            "INTERCEPTOR_HOOKS_SCRIPTS": str(script),
+            "INTERCEPTOR_ADMIN_LISTEN": f"tcp:{free_port()}:interface=127.0.0.1",
+        }
+    )
+    assert proxy.popen.wait(timeout=60) == 1, proxy.log_tail()
+    (line,) = re.findall(r".*keeps dying.*", proxy.log_text())
+    assert re.search(r"worker \d keeps dying \(exited with status 3, 5 times in \d+ s\): "
+                     r"stopping the proxy$", line), line  # fmt: skip
