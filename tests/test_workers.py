@@ -192,3 +192,23 @@ def test_a_worker_that_keeps_dying_stops_the_proxy_with_one_line(
     (line,) = re.findall(r".*keeps dying.*", proxy.log_text())
     assert re.search(r"worker \d keeps dying \(exited with status 3, 5 times in \d+ s\): "
                      r"stopping the proxy$", line), line  # fmt: skip
+
+
+def test_every_worker_writes_the_one_capture_store(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer, tmp_path: Path
+) -> None:
+    from tests.test_capture import rows
+
+    store = tmp_path / "flows.db"
+    proxy, admin, pids = start_workers(proxy_factory, INTERCEPTOR_CAPTURE_STORE=str(store))
+    url = origin.route("/c", respond(b"captured"))
+    for _ in range(40):
+        resp, conn = exchange(proxy.port, get(url))
+        conn.close()
+        assert resp.status == 200
+    # Both workers served some, and not a flow is lost: SQLite serialises their writers.
+    served = set(re.findall(r"\[interceptor\.access#info worker=(\d)\] .* 200 ", proxy.log_text()))
+    assert served == {"1", "2"}, served
+    found = wait_for(lambda: len(rows(store)) == 40 or None, TIMEOUT, message=proxy.log_tail)
+    assert found
+    assert len({row["id"] for row in rows(store)}) == 40
