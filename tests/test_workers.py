@@ -46,7 +46,9 @@ def started_workers(proxy: ProxyProcess, count: int) -> list[int]:
 
     def accepting() -> bool:
         found[:] = worker_pids(proxy.pid)
-        numbers = set(re.findall(r"worker=(\d+)\] proxy accepting on", proxy.log_text()))
+        log = proxy.log_text()
+        numbers = set(re.findall(r"worker=(\d+)\] proxy accepting on", log))
+        numbers |= set(re.findall(r'"proxy accepting on .*"worker": (\d+)', log))  # JSON
         return len(found) == count and len(numbers) >= count
 
     wait_for(accepting, TIMEOUT, message=lambda: f"{found} workers; log:\n{proxy.log_tail()}")
@@ -212,3 +214,22 @@ def test_every_worker_writes_the_one_capture_store(
     found = wait_for(lambda: len(rows(store)) == 40 or None, TIMEOUT, message=proxy.log_tail)
     assert found
     assert len({row["id"] for row in rows(store)}) == 40
+
+
+def test_json_access_lines_carry_the_worker(
+    proxy_factory: Callable[..., ProxyProcess], origin: OriginServer
+) -> None:
+    import json
+
+    proxy, _, _ = start_workers(proxy_factory, INTERCEPTOR_LOG_FORMAT="json")
+    url = origin.route("/j", respond(b"json"))
+    for _ in range(10):
+        resp, conn = exchange(proxy.port, get(url))
+        conn.close()
+
+    def access() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in proxy.log_text().splitlines() if line.startswith("{")]
+        return [e for e in lines if e.get("namespace") == "interceptor.access"]
+
+    entries = wait_for(lambda: len(access()) >= 10 and access() or None, TIMEOUT)
+    assert {e["worker"] for e in entries} <= {1, 2} and all("id" in e for e in entries)
