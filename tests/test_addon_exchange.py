@@ -24,6 +24,8 @@ from tests.playbook import (
     all_asserted,
     client_aborted,
     client_closed,
+    client_half_closed,
+    client_half_closes,
     client_lost,
     client_reading_paused,
     client_reading_resumed,
@@ -288,8 +290,12 @@ def test_a_request_body_past_body_limit_is_refused_413_with_reject():
         Playbook(r)
         >> client_sends(post(CHUNKED) + chunk(b"abcdef"))
         >> client_sends(chunk(b"ghijkl"))
-        # The rest of the body may never come: the connection ends after the answer.
+        # The rest of the body may never come: the connection ends after the answer, our
+        # side first; what still comes is dropped until the client's FIN (a lingering close).
         << client_receives(refusal(b"413 Request Entity Too Large", reason, close=True))
+        << client_half_closed()
+        >> client_sends(chunk(b"mnopqr"))
+        >> client_half_closes()
         << client_closed()
     )
     assert hooks(r).buffered == 0
@@ -399,6 +405,8 @@ def test_buffer_budget_in_use_elsewhere_is_a_413_with_its_own_reason():
         >> client_sends(post(CHUNKED) + chunk(b"12345678"), n=0)
         >> client_sends(post(CHUNKED) + chunk(b"abcde"), n=1)
         << client_receives(refusal(b"413 Request Entity Too Large", reason, close=True), n=1)
+        << client_half_closed(n=1)
+        >> client_half_closes(n=1)
         << client_closed(n=1)
     )
     assert hooks(r).buffered == 8

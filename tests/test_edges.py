@@ -226,3 +226,32 @@ def test_a_client_that_keeps_refusing_our_certificate_gets_passthrough(
         assert listing.startswith("localhost "), listing
     finally:
         origin.stop()
+
+
+def test_an_answer_before_the_body_is_read_reaches_the_client_whole(
+    proxy: ProxyProcess,
+) -> None:
+    """A 403 given to a 4 MiB upload before its body is read: the proxy half-closes, drops what
+    still comes and closes at the client's FIN (a lingering close). A plain close would leave
+    the body unread in the socket, and the kernel's reset would then destroy the answer
+    before this client, which sends everything first, ever reads it."""
+    import socket
+
+    body = b"u" * (4 << 20)
+    target = f"127.0.0.1:{proxy.port}"
+    head = (
+        f"POST http://{target}/upload HTTP/1.1\r\nHost: {target}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for attempt in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(head + body)  # a reset would fail this, or the reads below
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            for _ in range(1000):  # bounded: the proxy closes, or the 10 s timeout raises
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                received += piece
+        assert received.startswith(b"HTTP/1.1 403 "), (attempt, received[:200])
+        assert b"is this proxy itself (request id " in received, (attempt, received[-200:])

@@ -13,6 +13,7 @@ from twisted.internet import error
 from twisted.internet.ssl import optionsForClientTLS
 
 from interceptor.proxy.context import OwnAddresses
+from interceptor.proxy.lifecycle import DRAIN_GRACE
 from tests.playbook import (
     Playbook,
     Rig,
@@ -23,6 +24,7 @@ from tests.playbook import (
     client_buffer_full,
     client_closed,
     client_closes,
+    client_half_closed,
     client_half_closes,
     client_receives,
     client_resets,
@@ -501,18 +503,31 @@ def test_upstream_paused_by_slow_client_does_not_time_out():
 
 
 def test_early_error_with_unread_body_closes_without_waiting_for_it():
+    """The body may never come (the client waits for 100 Continue): the answer goes out and
+    our side closes at once; the connection lingers for what the client may still send, up to
+    DRAIN_GRACE, and is aborted after it (a client that keeps sending)."""
+    request = head(
+        b"POST /origin-form HTTP/1.1",
+        b"Host: a",
+        b"Content-Length: 100",
+        b"Expect: 100-continue",
+    )
     assert (
         Playbook(Rig())
-        >> client_sends(
-            head(
-                b"POST /origin-form HTTP/1.1",
-                b"Host: a",
-                b"Content-Length: 100",
-                b"Expect: 100-continue",
-            )
-        )
+        >> client_sends(request)
         << client_receives(refusal(b"400 Bad Request", ORIGIN_FORM_REFUSED, close=True))
+        << client_half_closed()
+        >> client_sends(b"x" * 100)  # dropped
+        >> client_half_closes()
         << client_closed()
+    )
+    assert (
+        Playbook(Rig())
+        >> client_sends(request)
+        << client_receives(refusal(b"400 Bad Request", ORIGIN_FORM_REFUSED, close=True))
+        << client_half_closed()
+        >> advance(DRAIN_GRACE)
+        << client_aborted()
     )
 
 

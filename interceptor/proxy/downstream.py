@@ -60,6 +60,8 @@ class ClientConnection(Leg):
         self._timer = clock.callLater(self.ctx.idle_timeout, self._check_timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of a request we answered before reading it: dropped
         session = self.session
         self._last = now = self.clock.seconds()
         pending = session.head_pending
@@ -73,6 +75,9 @@ class ClientConnection(Leg):
                 timer.reset(self.ctx.header_timeout)
 
     def readConnectionLost(self) -> None:
+        if self.lingering:
+            self.lingered()
+            return
         self.session.client_lost(Ending.HALF_CLOSED)
 
     def writeConnectionLost(self) -> None:

@@ -528,6 +528,7 @@ class Exchange(ResponseSide):
         if not self.request_complete and not self.session.drop_request_body():
             self.keep_alive = False
             self.session.stop_reading()
+            self.session.client.linger = True  # what it still sends must not reset the answer
         self.request_complete = True
         flow = self.flow
         flow.status = status
@@ -544,6 +545,7 @@ class Exchange(ResponseSide):
         if not self.request_complete and not self.session.drop_request_body():
             self.keep_alive = False
             self.session.stop_reading()
+            self.session.client.linger = True
         self.request_complete = True
         data, _, self.keep_alive = http1.client_response_head(
             status, reason, fields, LENGTH, self.http10, self.keep_alive

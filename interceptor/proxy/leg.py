@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
     ITransport,
 )
 from twisted.internet.protocol import Protocol
@@ -94,6 +95,10 @@ class Leg(Protocol):
         self._closed_for: Ending | None = None
         self._drain_timer: IDelayedCall | None = None
         self._fd = -1
+        # The peer may still be sending what we no longer read (a request body we answered
+        # before it arrived): a close then lingers (see _close).
+        self.linger = False
+        self.lingering = False
 
     @property
     def peer_text(self) -> str | None:
@@ -217,7 +222,16 @@ class Leg(Protocol):
             stream.unregisterProducer()
         except RuntimeError:
             pass  # none registered
-        stream.loseConnection()
+        if self.linger and not ISSLTransport.providedBy(stream):
+            # Closing a socket with unread bytes in it sends a reset, and a reset can destroy
+            # our answer (a 413, say) in the client's buffers before it is read. So, as nginx
+            # does: shut our side once the answer is written, read and drop what still comes,
+            # close at the client's FIN, or abort after DRAIN_GRACE.
+            self.lingering = True
+            stream.loseWriteConnection()
+            stream.resumeProducing()
+        else:
+            stream.loseConnection()
         self._drain_timer = self.clock.callLater(DRAIN_GRACE, self._drain_expired)
 
     def _truncate(self, reason: str, framed: bool) -> None:
@@ -230,6 +244,11 @@ class Leg(Protocol):
         if self.ended is None and self._aborted_for is None:
             self.counters.aborts[reason] += 1
             self._close(Ending.ABORTED)
+
+    def lingered(self) -> None:
+        """The peer's FIN after a lingering close: nothing more to drop, close now."""
+        if self.ended is None and self.stream is not None:
+            self.stream.loseConnection()
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
