@@ -85,6 +85,31 @@ def test_the_writer_stores_records_in_a_private_wal_file(tmp_path: Path) -> None
     db.close()
 
 
+def test_absent_values_read_back_as_null_and_empty_ones_as_empty(tmp_path: Path) -> None:
+    # Rows carry store.NULL for None in the columns that are mostly NULL (the INSERT turns it
+    # back): an empty body or error must not turn into NULL, nor NULL into 0.
+    path = tmp_path / "flows.db"
+    writer = Writer(str(path))
+    assert writer.put(record(1))
+    tls = {"version": "TLSv1.3", "sni": "a.test", "alpn": None, "cipher": "X"}
+    assert writer.put(
+        FlowRecord(
+            id="full", kind="intercepted", started=1.0, ended=2.0, client="c", request_body=b"",
+            error="", client_tls=tls, server_tls=tls, is_replay="request",
+            timings={"start": 1.0, "tcp_start": 1.1, "tcp_done": 1.2, "tls_done": 1.3},
+        )
+    )  # fmt: skip
+    writer.close()
+    empty, full = rows(path)
+    for column in ("request_body", "error", "client_tls", "server_tls", "is_replay"):
+        assert empty[column] is None, column
+    assert timings(empty) == {}
+    assert (full["request_body"], full["error"], full["is_replay"]) == (b"", "", "request")
+    text = '{"version":"TLSv1.3","sni":"a.test","alpn":null,"cipher":"X"}'
+    assert full["client_tls"] == full["server_tls"] == text
+    assert timings(full) == {"start": 1.0, "tcp_start": 1.1, "tcp_done": 1.2, "tls_done": 1.3}
+
+
 def write_store(path: Path, numbers: list[int]) -> sqlite3.Connection:
     """A store holding record(n) for each of `numbers`, stored in that order; opened read-only."""
     writer = Writer(str(path))
