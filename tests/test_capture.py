@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
+from interceptor.capture.addon import Capture
 from interceptor.capture.filters import FilterError, compile_filter
 from interceptor.capture.rows import heads, timings
 from interceptor.capture.store import (
@@ -21,6 +23,7 @@ from interceptor.capture.store import (
     merge_flows,
     read_flows,
 )
+from interceptor.http import Client, Error, Headers, HTTPFlow, Request, Response
 from tests.support import (
     OriginConnection,
     OriginRequest,
@@ -117,6 +120,59 @@ def write_store(path: Path, numbers: list[int]) -> sqlite3.Connection:
         writer.put(record(n))
     writer.close()
     return connect(str(path), readonly=True)
+
+
+class _Leg:
+    """What the capture reads of a connection's Leg: the address, TLS or not, its setup."""
+
+    def __init__(self, peer: str, setup: tuple[float, float | None, float | None] | None):
+        self.peer = self.peer_text = peer
+        self.transport = None
+        self.tls = False
+        self.setup = setup
+
+    def first_use(self) -> tuple[float, float | None, float | None] | None:
+        return self.setup
+
+
+def test_the_addon_makes_the_row_a_flow_record_would(tmp_path: Path) -> None:
+    # Capture.row builds the INSERT's values itself, in the reactor: they must be the ones, in
+    # the columns' order, that FlowRecord.row makes of the same flow.
+    clock = Clock()
+    clock.advance(100.0)
+    writer = Writer(str(tmp_path / "flows.db"))
+    writer.close()
+    capture = Capture(writer, clock, body_limit=4, redact=["cookie"])
+    flow = HTTPFlow(Client(_Leg("10.0.0.1:5000", None), 90.0), 99.0)
+    flow.request = req = Request(
+        "POST", "http", "a.test", 8080, b"/up?x=1",
+        Headers([(b"Host", b"a.test:8080"), (b"Cookie", b"s=1"), (b"Set-Cookie", b"t")]),
+        "1.1", 99.0, b"12345",
+    )  # fmt: skip
+    req.timestamp_end = 99.25
+    flow.response = Response(201, b"Created", Headers([(b"Via", b"1.1 x")]), "1.1", 99.5)
+    flow.response._content = b""
+    flow._server_leg = _Leg("10.0.0.2:8080", (99.0, 99.125, None))
+    flow.status, flow.bytes_in, flow.bytes_out = 201, 5, 0
+    expected = FlowRecord(
+        id=flow.id, kind="http", started=99.0, ended=100.0, client="10.0.0.1:5000",
+        server="10.0.0.2:8080", method="POST", url="http://a.test:8080/up?x=1", host="a.test",
+        http_version="HTTP/1.1",
+        request_headers=[("Host", "a.test:8080"), ("Cookie", "<redacted>"), ("Set-Cookie", "t")],
+        request_body=b"1234", request_size=5, request_cut=True, status=201, reason="Created",
+        response_headers=[("Via", "1.1 x")], response_body=b"", response_size=0,
+        timings={"start": 99.0, "tcp_start": 99.0, "tcp_done": 99.125, "request_end": 99.25,
+                 "response_start": 99.5, "end": 100.0},
+    )  # fmt: skip
+    assert capture.row(flow) == expected.row()
+    # A flow that got no further than its head: no server, no response, an error.
+    bare = HTTPFlow(Client(_Leg("10.0.0.1:5001", None), 90.0), 99.0)
+    bare.error = Error("client reset")
+    expected = FlowRecord(
+        id=bare.id, kind="passthrough", started=99.0, ended=100.0, client="10.0.0.1:5001",
+        error="client reset", timings={"start": 99.0, "end": 100.0},
+    )  # fmt: skip
+    assert capture.row(bare, "passthrough") == expected.row()
 
 
 def test_flows_come_oldest_start_first_and_stores_merge_by_start(tmp_path: Path) -> None:
