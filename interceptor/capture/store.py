@@ -252,13 +252,14 @@ class Writer:
     `put` never blocks: a full queue drops the record (`dropped` counts them). Full means
     `queue_size` records, or `queue_bytes` of their bodies: records carry bodies, so a count
     alone would not bound the memory a slow disk can hold. The thread wakes every `interval`
-    seconds (sooner once the queue is half full) and writes what accumulated in one
+    seconds, or as soon as a quarter of the queue is used, and writes what accumulated in one
     transaction: waking for each record would cost a commit per flow, and the thread would
     take the GIL from the reactor at every one. A commit costs about as much as writing 5
     flows (the WAL frames of every page it touched, each checksummed whole): the default
     half a second makes that a few percent of the writer's work even at 100 flows a second,
-    and still shows a flow to readers within a second of its end. Past `max_bytes` of
-    stored bodies the oldest flows are pruned.
+    and still shows a flow to readers within a second of its end. A quarter, not half: the
+    three quarters left are what a stall (a checkpoint's fsync on a busy disk) may fill
+    before flows are dropped. Past `max_bytes` of stored bodies the oldest flows are pruned.
     """
 
     def __init__(
@@ -309,11 +310,11 @@ class Writer:
                 return False
             self._pending.append(row)
             self._queued = queued + size
-        # The writer is woken as the queue reaches half full (in rows or in bytes), not at
+        # The writer is woken as a quarter of the queue fills (in rows or in bytes), not at
         # every put past it: an Event.set() is a lock and a notify, and the writer takes all
         # that is queued anyway (and, past a write, looks again: _run).
-        half_rows = pending * 2 < self.queue_size <= (pending + 1) * 2
-        if half_rows or queued * 2 < self.queue_bytes <= (queued + size) * 2:
+        rows_due = pending * 4 < self.queue_size <= (pending + 1) * 4
+        if rows_due or queued * 4 < self.queue_bytes <= (queued + size) * 4:
             self._wake.set()
         return True
 
@@ -340,10 +341,10 @@ class Writer:
                     self._write(list(pending))
                 if closing:
                     return
-                with self._lock:  # half full again while it wrote: on at once
+                with self._lock:  # a quarter full again while it wrote: on at once
                     behind = (
-                        len(self._pending) * 2 >= self.queue_size
-                        or self._queued * 2 >= self.queue_bytes
+                        len(self._pending) * 4 >= self.queue_size
+                        or self._queued * 4 >= self.queue_bytes
                     )
                 if behind:
                     self._wake.set()
