@@ -23,8 +23,8 @@ Four sections, each selectable with ``--only`` (default: all, in this order), an
     response body of 0 B (what the proxy stores of a streamed body today: nothing), 1 KiB and
     ``--body-size``, for at most ``--writer-seconds`` and ``--writer-max`` records per run. The
     Writer is made as the service makes it (queue of 1000 records / 64 MiB of bodies, a
-    write every 0.1 s or at half a queue, 1 GiB ``max_bytes``), so a full queue drops. Three
-    producers per body size:
+    write every 0.5 s or at a quarter of a queue, 1 GiB ``max_bytes``), so a full queue
+    drops. Three producers per body size:
     ``flood`` puts records back to back and loses the refused ones (a CPU-bound thread beside
     the writer, as a saturated reactor is: they share the GIL); ``capacity`` sleeps 1 ms when
     a put is refused and offers the record again, so the writer runs flat out and nothing is
@@ -156,7 +156,7 @@ GOAL_POSTS_RSS_MIB = 40.0
 #: The proxy's queue bounds and write interval, as the service makes its Writer (store.py).
 WRITER_QUEUE_SIZE = 1000
 WRITER_QUEUE_BYTES = 64 * MiB
-WRITER_INTERVAL = 0.1
+WRITER_INTERVAL = 0.5
 WRITER_MAX_BYTES = 1 << 30  # [capture] max_bytes default
 
 #: Response body of the POST origin.

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
+from interceptor.capture.addon import Capture
 from interceptor.capture.filters import FilterError, compile_filter
 from interceptor.capture.rows import heads, timings
 from interceptor.capture.store import (
@@ -21,6 +23,7 @@ from interceptor.capture.store import (
     merge_flows,
     read_flows,
 )
+from interceptor.http import Client, Error, Headers, HTTPFlow, Request, Response
 from tests.support import (
     OriginConnection,
     OriginRequest,
@@ -85,6 +88,31 @@ def test_the_writer_stores_records_in_a_private_wal_file(tmp_path: Path) -> None
     db.close()
 
 
+def test_absent_values_read_back_as_null_and_empty_ones_as_empty(tmp_path: Path) -> None:
+    # Rows carry store.NULL for None in the columns that are mostly NULL (the INSERT turns it
+    # back): an empty body or error must not turn into NULL, nor NULL into 0.
+    path = tmp_path / "flows.db"
+    writer = Writer(str(path))
+    assert writer.put(record(1))
+    tls = {"version": "TLSv1.3", "sni": "a.test", "alpn": None, "cipher": "X"}
+    assert writer.put(
+        FlowRecord(
+            id="full", kind="intercepted", started=1.0, ended=2.0, client="c", request_body=b"",
+            error="", client_tls=tls, server_tls=tls, is_replay="request",
+            timings={"start": 1.0, "tcp_start": 1.1, "tcp_done": 1.2, "tls_done": 1.3},
+        )
+    )  # fmt: skip
+    writer.close()
+    empty, full = rows(path)
+    for column in ("request_body", "error", "client_tls", "server_tls", "is_replay"):
+        assert empty[column] is None, column
+    assert timings(empty) == {}
+    assert (full["request_body"], full["error"], full["is_replay"]) == (b"", "", "request")
+    text = '{"version":"TLSv1.3","sni":"a.test","alpn":null,"cipher":"X"}'
+    assert full["client_tls"] == full["server_tls"] == text
+    assert timings(full) == {"start": 1.0, "tcp_start": 1.1, "tcp_done": 1.2, "tls_done": 1.3}
+
+
 def write_store(path: Path, numbers: list[int]) -> sqlite3.Connection:
     """A store holding record(n) for each of `numbers`, stored in that order; opened read-only."""
     writer = Writer(str(path))
@@ -92,6 +120,59 @@ def write_store(path: Path, numbers: list[int]) -> sqlite3.Connection:
         writer.put(record(n))
     writer.close()
     return connect(str(path), readonly=True)
+
+
+class _Leg:
+    """What the capture reads of a connection's Leg: the address, TLS or not, its setup."""
+
+    def __init__(self, peer: str, setup: tuple[float, float | None, float | None] | None):
+        self.peer = self.peer_text = peer
+        self.transport = None
+        self.tls = False
+        self.setup = setup
+
+    def first_use(self) -> tuple[float, float | None, float | None] | None:
+        return self.setup
+
+
+def test_the_addon_makes_the_row_a_flow_record_would(tmp_path: Path) -> None:
+    # Capture.row builds the INSERT's values itself, in the reactor: they must be the ones, in
+    # the columns' order, that FlowRecord.row makes of the same flow.
+    clock = Clock()
+    clock.advance(100.0)
+    writer = Writer(str(tmp_path / "flows.db"))
+    writer.close()
+    capture = Capture(writer, clock, body_limit=4, redact=["cookie"])
+    flow = HTTPFlow(Client(_Leg("10.0.0.1:5000", None), 90.0), 99.0)
+    flow.request = req = Request(
+        "POST", "http", "a.test", 8080, b"/up?x=1",
+        Headers([(b"Host", b"a.test:8080"), (b"Cookie", b"s=1"), (b"Set-Cookie", b"t")]),
+        "1.1", 99.0, b"12345",
+    )  # fmt: skip
+    req.timestamp_end = 99.25
+    flow.response = Response(201, b"Created", Headers([(b"Via", b"1.1 x")]), "1.1", 99.5)
+    flow.response._content = b""
+    flow._server_leg = _Leg("10.0.0.2:8080", (99.0, 99.125, None))
+    flow.status, flow.bytes_in, flow.bytes_out = 201, 5, 0
+    expected = FlowRecord(
+        id=flow.id, kind="http", started=99.0, ended=100.0, client="10.0.0.1:5000",
+        server="10.0.0.2:8080", method="POST", url="http://a.test:8080/up?x=1", host="a.test",
+        http_version="HTTP/1.1",
+        request_headers=[("Host", "a.test:8080"), ("Cookie", "<redacted>"), ("Set-Cookie", "t")],
+        request_body=b"1234", request_size=5, request_cut=True, status=201, reason="Created",
+        response_headers=[("Via", "1.1 x")], response_body=b"", response_size=0,
+        timings={"start": 99.0, "tcp_start": 99.0, "tcp_done": 99.125, "request_end": 99.25,
+                 "response_start": 99.5, "end": 100.0},
+    )  # fmt: skip
+    assert capture.row(flow) == expected.row()
+    # A flow that got no further than its head: no server, no response, an error.
+    bare = HTTPFlow(Client(_Leg("10.0.0.1:5001", None), 90.0), 99.0)
+    bare.error = Error("client reset")
+    expected = FlowRecord(
+        id=bare.id, kind="passthrough", started=99.0, ended=100.0, client="10.0.0.1:5001",
+        error="client reset", timings={"start": 99.0, "end": 100.0},
+    )  # fmt: skip
+    assert capture.row(bare, "passthrough") == expected.row()
 
 
 def test_flows_come_oldest_start_first_and_stores_merge_by_start(tmp_path: Path) -> None:

@@ -12,13 +12,16 @@ header goes no further, and the flow is stored with `is_replay = "request"`.
 
 from __future__ import annotations
 
+import json
+import operator
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from ..hosts import HostPatterns
-from ..http import HTTPFlow, Message
-from .store import FlowRecord, Writer
+from ..http import HeaderFields, HTTPFlow, Message
+from .store import NULL, Writer
 
 REDACTED = "<redacted>"
 _REDACTED = REDACTED.encode("ascii")
@@ -80,79 +83,87 @@ class Capture:
                 return
             if self.exclude and self.exclude.matches(host):
                 return
-        rec = self.record(flow)
-        if kind is not None:
-            rec.kind = kind
-        self.writer.put(rec)
+        self.writer.put_row(self.row(flow, kind))
 
-    def record(self, flow: HTTPFlow) -> FlowRecord:
-        """What is stored of `flow` (heads as text blocks, bodies cut, timings).
+    def row(self, flow: HTTPFlow, kind: str | None = None) -> tuple[Any, ...]:
+        """What is stored of `flow` (heads as text blocks, bodies cut, timings): its row, as
+        `FlowRecord.row` makes it, for `Writer.put_row`.
 
-        This runs in the reactor for every flow: it copies references and joins bytes, and
-        leaves every encoding (text, JSON) to the writer thread."""
+        This runs in the reactor for every flow, so it makes the row itself, with no record or
+        dict of timings in between, and copies references: the bodies are the ones the
+        exchange holds or tapped. (`kind` overrides the one the flow has.)"""
         req, resp = flow.request, flow.response
         client = flow.client_conn
         started = flow.timestamp_created
         ended = self.clock.seconds()
-        timings = {"start": started, "end": ended}
         client_tls = client.tls_established
-        rec = FlowRecord(
-            flow.id,
-            "http",
-            started,
-            ended,
-            client.address_text,
-            status=flow.status,
-            error=flow.error.msg if flow.error is not None else None,
-            request_size=flow.bytes_in,
-            response_size=flow.bytes_out,
-            timings=timings,
-            is_replay=flow.is_replay,
-            client_tls=_tls(client) if client_tls else None,
-        )
+        method = url = host = version = request_head = reason = response_head = None
+        request_body = response_body = None
+        request_cut = response_cut = False
+        request_end = response_start = None
         if req is not None:
-            method = rec.method = req.method
-            rec.url = req.url
-            rec.host = req._host
-            rec.http_version = req.http_version
-            rec.request_headers = self._heads(req)
-            rec.request_body, rec.request_cut = self._body(req)
-            if req.timestamp_end is not None:
-                timings["request_end"] = req.timestamp_end
-            if method == "CONNECT":
-                rec.kind = "connect"
-            elif client_tls:
-                rec.kind = "intercepted"
+            method = req.method
+            url, host, version = req.url, req._host, req.http_version
+            request_head = self._head(req.headers.fields)
+            request_body, request_cut = self._body(req)
+            request_end = req.timestamp_end
+            if kind is None:
+                if method == "CONNECT":
+                    kind = "connect"
+                elif client_tls:
+                    kind = "intercepted"
+        server = None
+        # (NULL where the store has NULLIF: see store.NULL)
+        server_tls: str | int = NULL
+        tcp_start: float | int = NULL
+        tcp_done: float | int = NULL
+        tls_done: float | int = NULL
         leg = flow._server_leg
         if leg is not None:
-            rec.server = leg.peer_text
+            server = leg.peer_text
             if getattr(leg, "tls", False):
-                rec.server_tls = _tls(flow.server_conn)
+                server_tls = _json(_tls(flow.server_conn))
             first_use = getattr(leg, "first_use", None)
             setup = first_use() if first_use is not None else None
             if setup is not None and setup[0] >= started:
                 # This flow opened the connection: its connect and handshake are its own.
-                timings["tcp_start"], tcp_done, tls_done = setup
-                if tcp_done is not None:
-                    timings["tcp_done"] = tcp_done
-                if tls_done is not None:
-                    timings["tls_done"] = tls_done
+                tcp_start = setup[0]
+                if setup[1] is not None:
+                    tcp_done = setup[1]
+                if setup[2] is not None:
+                    tls_done = setup[2]
         if resp is not None:
-            rec.reason = resp.reason
-            rec.response_headers = self._heads(resp)
-            rec.response_body, rec.response_cut = self._body(resp)
-            timings["response_start"] = resp.timestamp_start
-        return rec
-
-    def _heads(self, message: Message) -> bytes:
-        hidden, lengths = self.redact, self._redact_lengths
-        return b"\r\n".join(
-            [
-                # (the length first: lower-casing every name of every flow is not free)
-                n + b": " + (_REDACTED if len(n) in lengths and n.lower() in hidden else v)
-                for n, v in message.headers.fields
-            ]
+            reason = resp.reason
+            response_head = self._head(resp.headers.fields)
+            response_body, response_cut = self._body(resp)
+            response_start = resp.timestamp_start
+        stored = (len(request_body) if request_body is not None else 0) + (
+            len(response_body) if response_body is not None else 0
         )
+        error = flow.error
+        is_replay = flow.is_replay
+        return (
+            flow.id, kind or "http", started, ended, client.address_text, server, method, url,
+            host, version, request_head, NULL if request_body is None else request_body,
+            flow.bytes_in, int(request_cut), flow.status, reason, response_head, response_body,
+            flow.bytes_out, int(response_cut), NULL if error is None else error.msg,
+            _json(_tls(client)) if client_tls else NULL, server_tls, started, tcp_start,
+            tcp_done, tls_done, request_end, response_start, ended,
+            NULL if is_replay is None else is_replay, stored,
+        )  # fmt: skip
+
+    def _head(self, fields: HeaderFields) -> str | None:
+        """A head as its "Name: value" block (None if it has no fields)."""
+        # The names' lengths first, in C: lower-casing every name of every flow is not free, and
+        # almost no name is as long as a redacted one. Then the lines are joined in C too.
+        if self._redact_lengths.isdisjoint(map(len, map(_name, fields))):
+            block = b"\r\n".join(map(_LINE.join, fields))
+        else:
+            hidden = self.redact
+            block = b"\r\n".join(
+                [n + b": " + (_REDACTED if n.lower() in hidden else v) for n, v in fields]
+            )
+        return block.decode("latin-1") if block else None
 
     def _body(self, message: Message) -> tuple[bytes | None, bool]:
         raw = message._content
@@ -162,6 +173,11 @@ class Capture:
         if len(raw) > self.body_limit:
             return raw[: self.body_limit], True
         return raw, False
+
+
+_name = operator.itemgetter(0)
+_LINE = b": "
+_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _tls(conn: object) -> dict[str, object]:

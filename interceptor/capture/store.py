@@ -9,9 +9,11 @@ them read while the proxy writes.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -77,15 +79,49 @@ _COLUMNS = (
 )  # fmt: skip
 # The stamps of FlowRecord.timings, each in the column named t_<key>.
 TIMINGS = ("start", "tcp_start", "tcp_done", "tls_done", "request_end", "response_start", "end")
-_INSERT = (
-    f"INSERT OR REPLACE INTO flows ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
+# What a row holds for None in the columns that are NULL in most flows (a plain GET has no
+# request body, no error, no TLS, no replay mark, and a pooled connection no setup stamps); the
+# INSERT turns it back into NULL with NULLIF(?, 0). sqlite3 adapts every None it binds (a tuple
+# made, an adapter looked up and missed, an AttributeError formatted and cleared: 2,500
+# instructions, with the GIL held), where an int is bound as it is: those eight Nones were a
+# third of the writer's work per flow. No value of these columns is an int; only a timing stamp
+# of exactly 0.0 (the epoch, never a flow's) would read back as NULL too.
+NULL = 0
+_MOSTLY_NULL = frozenset(
+    ("request_body", "error", "client_tls", "server_tls", "t_tcp_start", "t_tcp_done",
+     "t_tls_done", "is_replay")
+)  # fmt: skip
+_VALUES = "(" + ", ".join("NULLIF(?, 0)" if c in _MOSTLY_NULL else "?" for c in _COLUMNS) + ")"
 # Rows per INSERT statement: sqlite3 lets go of the GIL around every statement it runs, and
 # each time the reactor takes it back; one statement per row made the two threads trade the
-# GIL for every flow. (35 columns: 32 rows stay far below sqlite's 32766 parameters.)
+# GIL for every flow. (32 columns: 32 rows stay far below sqlite's 32766 parameters.) What a
+# batch has past its 32s goes in 16, 8, 4, 2 and 1 rows: six statements in all, each parsed
+# once (one of a thousand parameters costs as much to prepare as 10 rows to write), and at
+# most five more per batch.
 _ROWS_AT_ONCE = 32
-_INSERT_MANY = _INSERT + (", (" + ", ".join("?" for _ in _COLUMNS) + ")") * (_ROWS_AT_ONCE - 1)
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """The INSERT of `rows` rows."""
+    values = ", ".join(itertools.repeat(_VALUES, rows))
+    return f"INSERT OR REPLACE INTO flows ({', '.join(_COLUMNS)}) VALUES {values}"
+
+
+def _chunks(count: int) -> Iterator[int]:
+    """The statement sizes `count` rows are written in: 32s, then the binary rest."""
+    yield from itertools.repeat(_ROWS_AT_ONCE, count // _ROWS_AT_ONCE)
+    size = _ROWS_AT_ONCE // 2
+    while size:
+        if count & size:
+            yield size
+        size //= 2
+
+
+# A bytes value sqlite3 adapts too, as it does None (a body per flow); with an adapter
+# registered it finds one at once instead of failing to look one up. (Process-wide, and
+# the identity: a blob is bound as it always was.)
+sqlite3.register_adapter(bytes, bytes.__bytes__)
 
 
 class StoreError(Exception):
@@ -129,18 +165,23 @@ class FlowRecord:
         return len(self.request_body or b"") + len(self.response_body or b"")
 
     def row(self) -> tuple[Any, ...]:
-        """The values for _INSERT, in _COLUMNS' order."""
+        """The values for the INSERT, in _COLUMNS' order (NULL for None where _MOSTLY_NULL)."""
         stored = self.body_bytes
         t = self.timings.get
         return (
             self.id, self.kind, self.started, self.ended, self.client, self.server, self.method,
             self.url, self.host, self.http_version, _head(self.request_headers),
-            self.request_body, self.request_size, int(self.request_cut), self.status,
+            _null(self.request_body), self.request_size, int(self.request_cut), self.status,
             self.reason, _head(self.response_headers), self.response_body,
-            self.response_size, int(self.response_cut), self.error, _json(self.client_tls),
-            _json(self.server_tls), t("start"), t("tcp_start"), t("tcp_done"), t("tls_done"),
-            t("request_end"), t("response_start"), t("end"), self.is_replay, stored,
+            self.response_size, int(self.response_cut), _null(self.error),
+            _null(_json(self.client_tls)), _null(_json(self.server_tls)), t("start"),
+            t("tcp_start", NULL), t("tcp_done", NULL), t("tls_done", NULL), t("request_end"),
+            t("response_start"), t("end"), _null(self.is_replay), stored,
         )  # fmt: skip
+
+
+def _null(value: object) -> object:
+    return NULL if value is None else value
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -211,10 +252,14 @@ class Writer:
     `put` never blocks: a full queue drops the record (`dropped` counts them). Full means
     `queue_size` records, or `queue_bytes` of their bodies: records carry bodies, so a count
     alone would not bound the memory a slow disk can hold. The thread wakes every `interval`
-    seconds (sooner once the queue is half full) and writes what accumulated in one
+    seconds, or as soon as a quarter of the queue is used, and writes what accumulated in one
     transaction: waking for each record would cost a commit per flow, and the thread would
-    take the GIL from the reactor at every one. Past `max_bytes` of stored bodies the oldest
-    flows are pruned.
+    take the GIL from the reactor at every one. A commit costs about as much as writing 5
+    flows (the WAL frames of every page it touched, each checksummed whole): the default
+    half a second makes that a few percent of the writer's work even at 100 flows a second,
+    and still shows a flow to readers within a second of its end. A quarter, not half: the
+    three quarters left are what a stall (a checkpoint's fsync on a busy disk) may fill
+    before flows are dropped. Past `max_bytes` of stored bodies the oldest flows are pruned.
     """
 
     def __init__(
@@ -222,7 +267,7 @@ class Writer:
         path: str,
         queue_size: int = 1000,
         queue_bytes: int = 64 << 20,
-        interval: float = 0.1,
+        interval: float = 0.5,
         max_bytes: int = 1 << 30,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -247,20 +292,29 @@ class Writer:
         self._thread.start()
 
     def put(self, record: FlowRecord) -> bool:
-        """Queue a record for writing; False (and counted) if the queue is full.
+        """Queue a record for writing; False (and counted) if the queue is full."""
+        return self.put_row(record.row())
 
-        The row is made here, in the caller's thread: the writer thread then runs as little
-        Python as it can, so it seldom holds the GIL the reactor wants."""
-        size = record.body_bytes
+    def put_row(self, row: tuple[Any, ...]) -> bool:
+        """Queue a row as `FlowRecord.row` makes it (its last value the body bytes it holds);
+        False (and counted) if the queue is full.
+
+        The row is made in the caller's thread: the writer thread then runs as little Python
+        as it can, so it seldom holds the GIL the reactor wants."""
+        size = row[-1]
         with self._lock:
             pending = len(self._pending)
-            if pending >= self.queue_size or self._queued + size > self.queue_bytes:
+            queued = self._queued
+            if pending >= self.queue_size or queued + size > self.queue_bytes:
                 self.dropped += 1
                 return False
-            self._pending.append(record.row())
-            self._queued += size
-            urgent = pending * 2 >= self.queue_size or self._queued * 2 >= self.queue_bytes
-        if urgent:
+            self._pending.append(row)
+            self._queued = queued + size
+        # The writer is woken as a quarter of the queue fills (in rows or in bytes), not at
+        # every put past it: an Event.set() is a lock and a notify, and the writer takes all
+        # that is queued anyway (and, past a write, looks again: _run).
+        rows_due = pending * 4 < self.queue_size <= (pending + 1) * 4
+        if rows_due or queued * 4 < self.queue_bytes <= (queued + size) * 4:
             self._wake.set()
         return True
 
@@ -280,28 +334,34 @@ class Writer:
             while True:
                 self._wake.wait(self.interval)
                 self._wake.clear()
-                with self._lock:
-                    rows = list(self._pending)
-                    self._pending.clear()
+                with self._lock:  # (a swap: the reactor waits on this lock)
+                    pending, self._pending = self._pending, deque()
                     closing = self._closing
-                if rows:
-                    self._write(rows)
+                if pending:
+                    self._write(list(pending))
                 if closing:
                     return
+                with self._lock:  # a quarter full again while it wrote: on at once
+                    behind = (
+                        len(self._pending) * 4 >= self.queue_size
+                        or self._queued * 4 >= self.queue_bytes
+                    )
+                if behind:
+                    self._wake.set()
         finally:
             self.db.close()
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        size = sum(map(operator.itemgetter(-1), rows))  # (stored_bytes: a row's body bytes)
         try:
-            whole = len(rows) - len(rows) % _ROWS_AT_ONCE
             with self.db:
-                for i in range(0, whole, _ROWS_AT_ONCE):
-                    chunk = rows[i : i + _ROWS_AT_ONCE]
-                    self.db.execute(_INSERT_MANY, list(itertools.chain.from_iterable(chunk)))
-                if whole < len(rows):
-                    self.db.executemany(_INSERT, rows[whole:])
+                i = 0
+                for n in _chunks(len(rows)):
+                    values = list(itertools.chain.from_iterable(rows[i : i + n]))
+                    self.db.execute(_insert(n), values)
+                    i += n
             self.written += len(rows)
-            self._stored += sum(row[-1] for row in rows)
+            self._stored += size
             if self._stored > self.max_bytes:
                 self._prune()
         except sqlite3.Error as e:
@@ -310,7 +370,7 @@ class Writer:
             self.on_error(f"capture: writing {len(rows)} flow(s) to {self.path} failed: {e}")
         finally:
             with self._lock:
-                self._queued -= sum(row[-1] for row in rows)
+                self._queued -= size
 
     def _prune(self) -> None:
         # Oldest first, until a tenth under the limit: pruning on every write past it would
