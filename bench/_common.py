@@ -1395,6 +1395,27 @@ def rest_text(busy: float | None, ours: Sequence[float | None], elapsed: float) 
     return f", rest {(busy - total) / elapsed * 100:.0f}%"
 
 
+#: Above this share of a core taken by the rest of the machine, a table gets a warning.
+REST_NOTE_PCT = 20.0
+
+
+def rest_note(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str | None:
+    """A warning line when the rest of the machine took more than REST_NOTE_PCT % of a core in
+    the rounds of any of ``names`` (other programs competing for the same CPUs)."""
+    busy = {
+        name: pct
+        for name in names
+        if (pct := summary[name].get("rest_cpu_pct_of_core")) is not None and pct > REST_NOTE_PCT
+    }
+    if not busy:
+        return None
+    shares = ", ".join(f"{name} {pct:.0f}%" for name, pct in busy.items())
+    return (
+        f"note: the rest of the machine took {shares} of a core during those rounds: other "
+        "work competed for these CPUs, so rates (and their ratios) say less than CPU per request"
+    )
+
+
 def by_process_text(pcts: Mapping[str, float | None] | None) -> str | None:
     """``"0 + 97 + 95"``: each process's share (supervisor first, then the workers by number)."""
     if not pcts:

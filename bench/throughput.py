@@ -129,6 +129,7 @@ from _common import (
     report_error,
     request_until_up,
     require_loopback,
+    rest_note,
     rest_text,
     results_header,
     round_order,
@@ -1319,6 +1320,9 @@ def main(argv: list[str] | None = None) -> int:
             compare=rev,
             compare_keys=COMPARE_KEYS,
         )
+    note = rest_note(summary, modes)
+    if note:
+        print(note)
     scaling = None
     if args.workers is not None:
         rates = {(r.mode, r.round): r.rps for r in rounds}

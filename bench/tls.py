@@ -152,6 +152,7 @@ from _common import (
     report_error,
     request_until_up,
     require_loopback,
+    rest_note,
     rest_text,
     results_header,
     round_order,
@@ -1427,6 +1428,9 @@ def main(argv: list[str] | None = None) -> int:
                 compare=rev,
                 compare_keys=COMPARE_KEYS[measure],
             )
+        note = rest_note(summary[measure], names)
+        if note:
+            print(note)
         text, met = goal_line(measure, summary[measure][main_name])
         print(text if counts is None else f"{text} ({main_name})")
         for name in names[1:] if counts is not None else ["proxy"]:
