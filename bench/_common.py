@@ -1504,9 +1504,11 @@ def scaling_lines(
         verdict = "not measured" if ratio is None else "NOT MET"
         if ratio is not None and ratio >= goal:
             verdict = "MET"
+        # Three decimals: "1.30x: NOT MET" would read as a contradiction.
+        shown = f"{ratio:.3f}x" if ratio is not None else "-"
         lines.append(
             f"goal: {two} {what} >= {goal:g} x {one}'s on {os.cpu_count()} CPUs -- measured "
-            f"{fmt_ratio(ratio, 1.0) or '-'}: {verdict}"
+            f"{shown}: {verdict}"
         )
     return lines
 
