@@ -1386,13 +1386,19 @@ def machine_fields(
     }
 
 
-def rest_text(busy: float | None, ours: Sequence[float | None], elapsed: float) -> str:
-    """``", rest 34%"`` for a round's progress line: what the rest of the machine took (% of
-    one core, as in :func:`machine_fields`) beside ``ours``; "" if not all of it was read."""
+def rest_pct(busy: float | None, ours: Sequence[float | None], elapsed: float) -> float | None:
+    """What the rest of the machine took in a round (% of one core, as in
+    :func:`machine_fields`): all CPUs' ``busy`` seconds less ``ours`` (None if not all read)."""
     total = sum_or_none(list(ours))
     if busy is None or total is None or not elapsed:
-        return ""
-    return f", rest {(busy - total) / elapsed * 100:.0f}%"
+        return None
+    return (busy - total) / elapsed * 100
+
+
+def rest_text(busy: float | None, ours: Sequence[float | None], elapsed: float) -> str:
+    """``", rest 34%"`` for a round's progress line (:func:`rest_pct`); "" if not measured."""
+    pct = rest_pct(busy, ours, elapsed)
+    return f", rest {pct:.0f}%" if pct is not None else ""
 
 
 #: Above this share of a core taken by the rest of the machine, a table gets a warning.
@@ -1460,19 +1466,41 @@ def print_side_by_side_table(
     print_table(rows, ["metric", "direct", *names])
 
 
+#: A round is a quiet one when the rest of the machine took at most this share of a core.
+REST_QUIET_PCT = 10.0
+
+
 def workers_scaling(
     rates: Mapping[tuple[str, int], float],
+    rests: Mapping[tuple[str, int], float | None],
     summary: Mapping[str, Mapping[str, Any]],
     names: Sequence[str],
     rate_key: str,
 ) -> dict[str, Any]:
     """Each proxy's rate over the first's (``names[0]``): over the whole run (``summary`` by
-    name, figure ``rate_key``) and round by round (``rates`` by name and round number: the
-    proxies ran back to back in each round, so a round's ratio is the fairest one)."""
+    name, figure ``rate_key``), round by round (``rates`` by name and round number: the
+    proxies ran back to back in each round, so a round's ratio is the fairest one), and over
+    the quiet rounds only: those in which the rest of the machine (``rests``, % of a core)
+    took at most REST_QUIET_PCT in both proxies' turns."""
     first = names[0]
     rounds = sorted({n for _, n in rates})
-    out: dict[str, Any] = {"first": first, "over_first": {}, "over_first_per_round": {}}
+    out: dict[str, Any] = {
+        "first": first,
+        "over_first": {},
+        "over_first_per_round": {},
+        "rest_pct_per_round": {
+            name: [rests.get((name, n)) for n in rounds if (name, n) in rates] for name in names
+        },
+        "quiet_rest_pct_max": REST_QUIET_PCT,
+        "quiet_rounds": {},
+        "over_first_quiet": {},
+    }
     base = summary[first][rate_key]
+
+    def quiet(name: str, n: int) -> bool:
+        pct = rests.get((name, n))
+        return pct is not None and pct <= REST_QUIET_PCT
+
     for name in names[1:]:
         out["over_first"][name] = summary[name][rate_key] / base if base else None
         out["over_first_per_round"][name] = [
@@ -1480,6 +1508,11 @@ def workers_scaling(
             for n in rounds
             if (name, n) in rates
         ]
+        calm = [n for n in rounds if quiet(first, n) and quiet(name, n) and (name, n) in rates]
+        out["quiet_rounds"][name] = calm
+        # Rounds are equally long, so the mean of the rates is the rate of them all.
+        under = sum(rates[first, n] for n in calm)
+        out["over_first_quiet"][name] = sum(rates[name, n] for n in calm) / under if under else None
     return out
 
 
@@ -1490,13 +1523,23 @@ def scaling_lines(
     first's; with ``goal``, whether ``workers=2`` reached ``goal`` times ``workers=1``."""
     first = scaling["first"]
     lines = []
+    rests = scaling["rest_pct_per_round"]
     for name in names[1:]:
         whole = scaling["over_first"][name]
         ratios = scaling["over_first_per_round"][name]
-        per_round = ", ".join(fmt_ratio(x, 1.0) or "-" for x in ratios)
+        per_round = ", ".join(
+            f"{fmt_ratio(x, 1.0) or '-'} [{fmt_number(a, 0) or '-'}/{fmt_number(b, 0) or '-'}]"
+            for x, a, b in zip(ratios, rests[first], rests[name], strict=False)
+        )
+        calm = scaling["quiet_rounds"][name]
         lines.append(
-            f"scaling: {name} {what} / {first}'s = {fmt_ratio(whole, 1.0) or '-'} "
-            f"(rounds: {per_round})"
+            f"scaling: {name} {what} / {first}'s = {fmt_ratio(whole, 1.0) or '-'}; rounds "
+            f"[rest of the machine, % of a core, in {first}'s/{name}'s turn]: {per_round}"
+        )
+        lines.append(
+            f"scaling: {name} / {first} in the {len(calm)} of {len(ratios)} round(s) where the "
+            f"rest of the machine took <= {scaling['quiet_rest_pct_max']:g}% of a core in both: "
+            + (fmt_ratio(scaling["over_first_quiet"][name], 1.0) or "-")
         )
     one, two = workers_name(1), workers_name(2)
     if goal is not None and first == one and two in names:

@@ -130,6 +130,7 @@ from _common import (
     request_until_up,
     require_loopback,
     rest_note,
+    rest_pct,
     rest_text,
     results_header,
     round_order,
@@ -1326,7 +1327,13 @@ def main(argv: list[str] | None = None) -> int:
     scaling = None
     if args.workers is not None:
         rates = {(r.mode, r.round): r.rps for r in rounds}
-        scaling = workers_scaling(rates, summary, modes[1:], "rps")
+        rests = {
+            (r.mode, r.round): rest_pct(
+                r.machine_busy_s, [r.proxy_cpu_s, r.origin_cpu_s, r.loadgen_cpu_s], r.elapsed
+            )
+            for r in rounds
+        }
+        scaling = workers_scaling(rates, rests, summary, modes[1:], "rps")
         for line in scaling_lines(scaling, modes[1:], "requests/s", WORKERS_SCALING_GOAL):
             print(line)
     text, met = goal_line(summary[main_mode], main_mode if variants is not None else "")

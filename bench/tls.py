@@ -153,6 +153,7 @@ from _common import (
     request_until_up,
     require_loopback,
     rest_note,
+    rest_pct,
     rest_text,
     results_header,
     round_order,
@@ -1412,8 +1413,15 @@ def main(argv: list[str] | None = None) -> int:
                 {"rate": rate_label, cpu_key: "proxy CPU per " + rate_label.split("/")[0][:-1]},
                 title=title,
             )
-            rates = {(r.target, r.round): r.rate for r in rounds if r.measure == measure}
-            scaling[measure] = workers_scaling(rates, summary[measure], names[1:], "rate")
+            of_measure = [r for r in rounds if r.measure == measure]
+            rates = {(r.target, r.round): r.rate for r in of_measure}
+            rests = {
+                (r.target, r.round): rest_pct(
+                    r.machine_busy_s, [r.proxy_cpu_s, r.origin_cpu_s, r.loadgen_cpu_s], r.elapsed
+                )
+                for r in of_measure
+            }
+            scaling[measure] = workers_scaling(rates, rests, summary[measure], names[1:], "rate")
             for line in scaling_lines(scaling[measure], names[1:], rate_label):
                 print(line)
         else:
