@@ -1496,11 +1496,6 @@ def workers_scaling(
         "over_first_quiet": {},
     }
     base = summary[first][rate_key]
-
-    def quiet(name: str, n: int) -> bool:
-        pct = rests.get((name, n))
-        return pct is not None and pct <= REST_QUIET_PCT
-
     for name in names[1:]:
         out["over_first"][name] = summary[name][rate_key] / base if base else None
         out["over_first_per_round"][name] = [
@@ -1508,12 +1503,34 @@ def workers_scaling(
             for n in rounds
             if (name, n) in rates
         ]
-        calm = [n for n in rounds if quiet(first, n) and quiet(name, n) and (name, n) in rates]
+        calm = [n for n in quiet_rounds(rests, [first, name]) if (name, n) in rates]
         out["quiet_rounds"][name] = calm
         # Rounds are equally long, so the mean of the rates is the rate of them all.
         under = sum(rates[first, n] for n in calm)
         out["over_first_quiet"][name] = sum(rates[name, n] for n in calm) / under if under else None
     return out
+
+
+def quiet_rounds(rests: Mapping[tuple[str, int], float | None], names: Sequence[str]) -> list[int]:
+    """The rounds in which the rest of the machine (``rests``, % of a core, by name and round)
+    took at most REST_QUIET_PCT in the turn of every one of ``names``."""
+    rounds = sorted({n for _, n in rests})
+    return [n for n in rounds if all(_quiet(rests.get((name, n))) for name in names)]
+
+
+def _quiet(rest: float | None) -> bool:
+    """Whether a turn in which the rest of the machine took ``rest`` % of a core was quiet."""
+    return rest is not None and rest <= REST_QUIET_PCT
+
+
+def quiet_title(calm: Sequence[int], total: int) -> str:
+    """The title of the table over the quiet rounds only."""
+    return (
+        f"over the {len(calm)} of {total} round(s) where the rest of the machine took <= "
+        f"{REST_QUIET_PCT:g}% of a core in every proxy's turn (rounds "
+        + ", ".join(map(str, calm))
+        + "):"
+    )
 
 
 def scaling_lines(

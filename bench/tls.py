@@ -147,6 +147,8 @@ from _common import (
     proc_tree,
     proc_tree_cpu,
     process_roles,
+    quiet_rounds,
+    quiet_title,
     raise_fd_limit,
     read_float_array,
     report_error,
@@ -1422,6 +1424,22 @@ def main(argv: list[str] | None = None) -> int:
                 for r in of_measure
             }
             scaling[measure] = workers_scaling(rates, rests, summary[measure], names[1:], "rate")
+            calm = quiet_rounds(rests, names[1:])
+            if calm and len(calm) < args.rounds:
+                # On a shared machine the rounds nobody else competed in are the ones that say
+                # what the proxy does: the same table over those alone.
+                summary_quiet = {
+                    name: summarize([r for r in of_measure if r.target == name and r.round in calm])
+                    for name in names
+                }
+                print_side_by_side_table(
+                    summary_quiet,
+                    names[1:],
+                    _METRICS[measure],
+                    {"rate": rate_label, cpu_key: "proxy CPU per " + rate_label.split("/")[0][:-1]},
+                    title=f"{measure}, " + quiet_title(calm, args.rounds),
+                )
+                scaling[measure]["quiet_summary"] = summary_quiet
             for line in scaling_lines(scaling[measure], names[1:], rate_label):
                 print(line)
         else:
