@@ -70,10 +70,11 @@ tree/rev ratios.
 instead (``INTERCEPTOR_PROXY_WORKERS=N``, its own CA and config), named ``workers=N``; each
 round runs direct and then each of them, and the tables get a column per count, rates and CPU
 per request over the first's, the CPU split by process, and each count's rate over the first's
-round by round. A proxy with more than one worker is measured once every worker has logged
-"proxy accepting on" (the supervisor's sockets take connections before any worker runs); a
-worker that ends during a round fails the run (its time since the round began would be lost).
-It excludes ``--compare`` and ``--baseline``.
+round by round (and the table again over the quiet rounds alone, as in throughput.py). A
+proxy with more than one worker is measured once every worker has logged "proxy accepting on"
+(the supervisor's sockets take connections before any worker runs); a worker that ends during
+a round fails the run (its time since the round began would be lost). It excludes
+``--compare`` and ``--baseline``.
 
 Not a test: pytest never runs it. Loopback only; every loop is bounded in time and count, and
 child processes are stopped on exit (and sent SIGTERM by the kernel if this driver dies).
