@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import select
 import shlex
@@ -196,6 +197,144 @@ def proc_cpu_seconds_or_none(pid: int | None) -> float | None:
         return proc_cpu_seconds(pid)
     except (OSError, ValueError, IndexError):
         return None
+
+
+#: How many processes :func:`proc_tree` follows at most (a proxy has one per worker, plus one).
+PROC_TREE_LIMIT = 256
+
+
+# Whether this kernel lists each thread's children (CONFIG_PROC_CHILDREN); the main thread's
+# id is the process id.
+_CHILDREN_FILES = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+def _proc_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (none if it has ended).
+
+    From ``/proc/PID/task/TID/children`` of every thread, since each lists the children it
+    forked; on a kernel without those files, from the parent field of every ``/proc/N/stat``.
+    """
+    children: list[int] = []
+    if _CHILDREN_FILES:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+            except OSError:
+                continue  # the thread ended between listdir and the read
+            children.extend(int(word) for word in text.split())
+        return children
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(_proc_stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                children.append(int(entry))
+    return children
+
+
+def proc_tree(pid: int, limit: int = PROC_TREE_LIMIT) -> list[int]:
+    """``pid`` and all its descendants, parents before children (at most ``limit`` pids).
+
+    So that a proxy with workers (a supervisor and its worker children) is measured whole.
+    """
+    found = [pid]
+    seen = {pid}
+    at = 0
+    while at < len(found) and len(found) < limit:
+        for child in _proc_children(found[at]):
+            if child not in seen and len(found) < limit:
+                seen.add(child)
+                found.append(child)
+        at += 1
+    return found
+
+
+def proc_tree_cpu(pid: int | None) -> dict[int, float] | None:
+    """CPU seconds so far of ``pid`` and of each of its descendants, by pid.
+
+    None if there is no pid or ``pid`` itself cannot be read; a descendant that ended while
+    the tree was read is left out.
+    """
+    if pid is None:
+        return None
+    out: dict[int, float] = {}
+    for member in proc_tree(pid):
+        seconds = proc_cpu_seconds_or_none(member)
+        if seconds is None and member == pid:
+            return None
+        if seconds is not None:
+            out[member] = seconds
+    return out
+
+
+@dataclass
+class TreeCpuDelta:
+    """What a process tree used between two :func:`proc_tree_cpu` readings."""
+
+    total: float  # seconds, over every process of the second reading
+    per_pid: dict[int, float]  # seconds each process used (all of it if it is new)
+    gone: list[int]  # processes of the first reading that had ended by the second
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (pids as strings, since JSON keys are)."""
+        return {
+            "total": self.total,
+            "per_pid": {str(pid): s for pid, s in self.per_pid.items()},
+            "gone": self.gone,
+        }
+
+
+def tree_cpu_delta(
+    before: Mapping[int, float] | None, after: Mapping[int, float] | None
+) -> TreeCpuDelta | None:
+    """Per-pid differences of two :func:`proc_tree_cpu` readings (None if either is None).
+
+    A process that is new in ``after`` started in between, so all its time counts; one that
+    is gone from ``after`` is listed in ``gone``: its time since ``before`` cannot be read
+    any more, so the total is short by that much (long-lived workers never are).
+    """
+    if before is None or after is None:
+        return None
+    per_pid = {pid: seconds - before.get(pid, 0.0) for pid, seconds in after.items()}
+    gone = [pid for pid in before if pid not in after]
+    return TreeCpuDelta(sum(per_pid.values()), per_pid, gone)
+
+
+def proc_worker_number(pid: int) -> int | None:
+    """N if process ``pid`` runs with ``--worker N`` (an interceptor worker), else None."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for i, word in enumerate(words[:-1]):
+        if word == b"--worker" and words[i + 1].isdigit():
+            return int(words[i + 1])
+    return None
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """``(busy, total)`` CPU seconds of all CPUs since boot, from the ``cpu`` line of
+    ``/proc/stat`` (busy: everything but idle and iowait). None if it cannot be read.
+
+    Over a round, busy minus what the benchmark's own processes used is what the rest of the
+    machine (other programs, and kernel work billed to no process) took from the same cores.
+    """
+    try:
+        with open("/proc/stat", "rb") as f:
+            line = f.readline()
+        ticks = [int(word) for word in line.split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    total = sum(ticks[:8])
+    busy = total - ticks[3] - ticks[4]
+    return busy / _CLK_TCK, total / _CLK_TCK
 
 
 def proc_alive(pid: int) -> bool:
@@ -583,6 +722,58 @@ def wait_for_proxy(
     except (TimeoutError, ProcessExitedError) as e:
         raise RuntimeError(f"{what} did not come up: {e}") from e
     return deadline
+
+
+#: What a worker logs once it accepts on the supervisor's socket; its number is on the line
+#: (``[interceptor worker=2] proxy accepting on ...`` or, with JSON logs, ``"worker": 2``).
+_ACCEPTING = re.compile(rb"^.*proxy accepting on .*$", re.MULTILINE)
+_WORKER_TAG = re.compile(rb'worker=(\d+)\]|"worker": ?(\d+)')
+
+
+def wait_for_workers(
+    log_path: Path,
+    count: int,
+    deadline: float,
+    process: subprocess.Popen[Any],
+    what: str = "the proxy",
+    interval: float = 0.05,
+) -> list[int]:
+    """Wait until workers 1 to ``count`` have each logged that they accept; their pids.
+
+    The supervisor's listening sockets take connections (in the kernel's backlog) before any
+    worker runs, so the port answering says nothing about the workers: their own log lines
+    do. Then each must be a child of ``process``. Raises RuntimeError if that is not so by
+    ``deadline`` (a :func:`time.monotonic` value) or if ``process`` exits first.
+    """
+    wanted = set(range(1, count + 1))
+    seen: set[int] = set()
+    text = b""
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{what} exited with status {process.returncode} before its workers accepted"
+            )
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(len(text))
+                text += f.read(1 << 20)
+        except OSError:
+            pass
+        for line in _ACCEPTING.findall(text):
+            tag = _WORKER_TAG.search(line)
+            if tag:
+                seen.add(int(tag.group(1) or tag.group(2)))
+        if wanted <= seen:
+            pids = [p for p in proc_tree(process.pid)[1:] if proc_worker_number(p) in wanted]
+            if len(pids) >= count:
+                return pids
+        if time.monotonic() >= deadline:
+            missing = ", ".join(str(n) for n in sorted(wanted - seen)) or "none"
+            raise RuntimeError(
+                f"{what}: not all of its {count} workers accept in time (not logged: "
+                f"{missing}; worker processes found: {len(proc_tree(process.pid)) - 1})"
+            )
+        time.sleep(interval)
 
 
 def report_error(
@@ -1109,6 +1300,277 @@ def print_direct_proxy_table(
             f"{fmt_change(summary['direct']['p50_ms'], bd.get('p50_ms')) or '-'} "
             "(how much the machine itself drifted)"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Side by side: several proxies of this tree (--variants, --workers) in one table
+# --------------------------------------------------------------------------------------------
+
+#: The environment variable that sets ``[proxy] workers``.
+WORKERS_ENV = "INTERCEPTOR_PROXY_WORKERS"
+#: The most workers ``--workers`` starts (each is a whole proxy process).
+MAX_WORKERS = 64
+
+
+def parse_worker_counts(text: str) -> list[int]:
+    """``--workers`` ``"1,2"`` as ``[1, 2]``; ValueError (one line) for anything but distinct
+    counts from 1 to MAX_WORKERS."""
+    counts = []
+    for word in text.split(","):
+        try:
+            count = int(word.strip())
+        except ValueError:
+            raise ValueError(f"{word.strip()!r} is not a number of workers") from None
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(f"{count} workers: give 1 to {MAX_WORKERS}")
+        counts.append(count)
+    if len(set(counts)) != len(counts):
+        raise ValueError("a worker count is given twice")
+    return counts
+
+
+def workers_name(count: int) -> str:
+    """The column and target name of the proxy with ``count`` workers: ``workers=2``."""
+    return f"workers={count}"
+
+
+def process_roles(root: int, per_pid: Mapping[str, float]) -> dict[str, float]:
+    """A proxy's per-pid CPU seconds (:attr:`TreeCpuDelta.per_pid`, pids as strings) by role:
+    "proxy" when it is one process, else "supervisor" (``root``) and "worker N" (from each
+    one's ``--worker N``), in that order."""
+    if len(per_pid) == 1:
+        return {"proxy": sum(per_pid.values())}
+    roles: dict[str, float] = {}
+    for pid_text, seconds in per_pid.items():
+        pid = int(pid_text)
+        number = proc_worker_number(pid)
+        role = "supervisor" if pid == root else f"worker {number}" if number else f"pid {pid}"
+        roles[role] = roles.get(role, 0.0) + seconds
+    return dict(sorted(roles.items(), key=lambda item: _role_order(item[0])))
+
+
+def _role_order(role: str) -> tuple[int, int, str]:
+    """Supervisor first, then workers by number, then anything else."""
+    if role == "supervisor":
+        return (0, 0, role)
+    if role.startswith("worker "):
+        return (1, int(role.split()[1]), role)
+    return (2, 0, role)
+
+
+def by_process_fields(by_round: Sequence[Mapping[str, float]], elapsed: float) -> dict[str, Any]:
+    """Summary fields of a proxy's CPU by process over rounds (:func:`process_roles` of each):
+    how many processes, each one's share of a core, and the busiest one's."""
+    total: dict[str, float] = {}
+    for roles in by_round:
+        for role, seconds in roles.items():
+            total[role] = total.get(role, 0.0) + seconds
+    busiest = max(total.values(), default=None)
+    return {
+        "proxy_processes": len(total) or None,
+        "proxy_cpu_pct_by_process": {role: pct_of_core(s, elapsed) for role, s in total.items()},
+        "proxy_busiest_process_pct_of_core": pct_of_core(busiest, elapsed),
+    }
+
+
+def machine_fields(
+    busy: float | None, total: float | None, ours: float | None, elapsed: float
+) -> dict[str, Any]:
+    """Summary fields of the whole machine over rounds: how busy all CPUs were, and what the
+    rest of it took beside ``ours`` (the benchmark's own processes): other programs, and kernel
+    work (loopback softirqs, mostly) billed to none of them."""
+    rest = busy - ours if busy is not None and ours is not None else None
+    return {
+        "machine_busy_pct": busy / total * 100 if busy is not None and total else None,
+        "rest_cpu_pct_of_core": pct_of_core(rest, elapsed),
+    }
+
+
+def rest_pct(busy: float | None, ours: Sequence[float | None], elapsed: float) -> float | None:
+    """What the rest of the machine took in a round (% of one core, as in
+    :func:`machine_fields`): all CPUs' ``busy`` seconds less ``ours`` (None if not all read)."""
+    total = sum_or_none(list(ours))
+    if busy is None or total is None or not elapsed:
+        return None
+    return (busy - total) / elapsed * 100
+
+
+def rest_text(busy: float | None, ours: Sequence[float | None], elapsed: float) -> str:
+    """``", rest 34%"`` for a round's progress line (:func:`rest_pct`); "" if not measured."""
+    pct = rest_pct(busy, ours, elapsed)
+    return f", rest {pct:.0f}%" if pct is not None else ""
+
+
+#: Above this share of a core taken by the rest of the machine, a table gets a warning.
+REST_NOTE_PCT = 20.0
+
+
+def rest_note(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str | None:
+    """A warning line when the rest of the machine took more than REST_NOTE_PCT % of a core in
+    the rounds of any of ``names`` (other programs competing for the same CPUs)."""
+    busy = {
+        name: pct
+        for name in names
+        if (pct := summary[name].get("rest_cpu_pct_of_core")) is not None and pct > REST_NOTE_PCT
+    }
+    if not busy:
+        return None
+    shares = ", ".join(f"{name} {pct:.0f}%" for name, pct in busy.items())
+    return (
+        f"note: the rest of the machine took {shares} of a core during those rounds: other "
+        "work competed for these CPUs, so rates (and their ratios) say less than CPU per request"
+    )
+
+
+def by_process_text(pcts: Mapping[str, float | None] | None) -> str | None:
+    """``"0 + 97 + 95"``: each process's share (supervisor first, then the workers by number)."""
+    if not pcts:
+        return None
+    return " + ".join(fmt_number(p, 0) or "-" for p in pcts.values())
+
+
+def print_side_by_side_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    metrics: Sequence[Metric],
+    ratio_rows: Mapping[str, str],
+    title: str | None = None,
+) -> None:
+    """Direct and a column per proxy in ``names``; under each metric whose key is in
+    ``ratio_rows``, a row (labelled by it) of each proxy's figure over the first's; under the
+    busiest-process row, each proxy's CPU by process."""
+    first = names[0]
+    rows: list[list[str | None]] = []
+    for label, key, digits, _, proxy_only in metrics:
+        direct = None if proxy_only else fmt_number(summary["direct"].get(key), digits)
+        rows.append([label, direct, *(fmt_number(summary[n].get(key), digits) for n in names)])
+        if key in ratio_rows:
+            rows.append(
+                [
+                    f"{ratio_rows[key]} / {first}'s",
+                    None,
+                    *(fmt_ratio(summary[n].get(key), summary[first].get(key)) for n in names),
+                ]
+            )
+        if key == "proxy_busiest_process_pct_of_core":
+            rows.append(
+                [
+                    "proxy CPU by process (% of one core)",
+                    None,
+                    *(by_process_text(summary[n].get("proxy_cpu_pct_by_process")) for n in names),
+                ]
+            )
+    print()
+    if title is not None:
+        print(title)
+    print_table(rows, ["metric", "direct", *names])
+
+
+#: A round is a quiet one when the rest of the machine took at most this share of a core.
+REST_QUIET_PCT = 10.0
+
+
+def workers_scaling(
+    rates: Mapping[tuple[str, int], float],
+    rests: Mapping[tuple[str, int], float | None],
+    summary: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    rate_key: str,
+) -> dict[str, Any]:
+    """Each proxy's rate over the first's (``names[0]``): over the whole run (``summary`` by
+    name, figure ``rate_key``), round by round (``rates`` by name and round number: the
+    proxies ran back to back in each round, so a round's ratio is the fairest one), and over
+    the quiet rounds only: those in which the rest of the machine (``rests``, % of a core)
+    took at most REST_QUIET_PCT in both proxies' turns."""
+    first = names[0]
+    rounds = sorted({n for _, n in rates})
+    out: dict[str, Any] = {
+        "first": first,
+        "over_first": {},
+        "over_first_per_round": {},
+        "rest_pct_per_round": {
+            name: [rests.get((name, n)) for n in rounds if (name, n) in rates] for name in names
+        },
+        "quiet_rest_pct_max": REST_QUIET_PCT,
+        "quiet_rounds": {},
+        "over_first_quiet": {},
+    }
+    base = summary[first][rate_key]
+    for name in names[1:]:
+        out["over_first"][name] = summary[name][rate_key] / base if base else None
+        out["over_first_per_round"][name] = [
+            rates[name, n] / rates[first, n] if rates.get((first, n)) else None
+            for n in rounds
+            if (name, n) in rates
+        ]
+        calm = [n for n in quiet_rounds(rests, [first, name]) if (name, n) in rates]
+        out["quiet_rounds"][name] = calm
+        # Rounds are equally long, so the mean of the rates is the rate of them all.
+        under = sum(rates[first, n] for n in calm)
+        out["over_first_quiet"][name] = sum(rates[name, n] for n in calm) / under if under else None
+    return out
+
+
+def quiet_rounds(rests: Mapping[tuple[str, int], float | None], names: Sequence[str]) -> list[int]:
+    """The rounds in which the rest of the machine (``rests``, % of a core, by name and round)
+    took at most REST_QUIET_PCT in the turn of every one of ``names``."""
+    rounds = sorted({n for _, n in rests})
+    return [n for n in rounds if all(_quiet(rests.get((name, n))) for name in names)]
+
+
+def _quiet(rest: float | None) -> bool:
+    """Whether a turn in which the rest of the machine took ``rest`` % of a core was quiet."""
+    return rest is not None and rest <= REST_QUIET_PCT
+
+
+def quiet_title(calm: Sequence[int], total: int) -> str:
+    """The title of the table over the quiet rounds only."""
+    return (
+        f"over the {len(calm)} of {total} round(s) where the rest of the machine took <= "
+        f"{REST_QUIET_PCT:g}% of a core in every proxy's turn (rounds "
+        + ", ".join(map(str, calm))
+        + "):"
+    )
+
+
+def scaling_lines(
+    scaling: Mapping[str, Any], names: Sequence[str], what: str, goal: float | None = None
+) -> list[str]:
+    """The lines under a ``--workers`` table: each proxy's ``what`` ("requests/s") over the
+    first's; with ``goal``, whether ``workers=2`` reached ``goal`` times ``workers=1``."""
+    first = scaling["first"]
+    lines = []
+    rests = scaling["rest_pct_per_round"]
+    for name in names[1:]:
+        whole = scaling["over_first"][name]
+        ratios = scaling["over_first_per_round"][name]
+        per_round = ", ".join(
+            f"{fmt_ratio(x, 1.0) or '-'} [{fmt_number(a, 0) or '-'}/{fmt_number(b, 0) or '-'}]"
+            for x, a, b in zip(ratios, rests[first], rests[name], strict=False)
+        )
+        calm = scaling["quiet_rounds"][name]
+        lines.append(
+            f"scaling: {name} {what} / {first}'s = {fmt_ratio(whole, 1.0) or '-'}; rounds "
+            f"[rest of the machine, % of a core, in {first}'s/{name}'s turn]: {per_round}"
+        )
+        lines.append(
+            f"scaling: {name} / {first} in the {len(calm)} of {len(ratios)} round(s) where the "
+            f"rest of the machine took <= {scaling['quiet_rest_pct_max']:g}% of a core in both: "
+            + (fmt_ratio(scaling["over_first_quiet"][name], 1.0) or "-")
+        )
+    one, two = workers_name(1), workers_name(2)
+    if goal is not None and first == one and two in names:
+        ratio = scaling["over_first"][two]
+        verdict = "not measured" if ratio is None else "NOT MET"
+        if ratio is not None and ratio >= goal:
+            verdict = "MET"
+        # Three decimals: "1.30x: NOT MET" would read as a contradiction.
+        shown = f"{ratio:.3f}x" if ratio is not None else "-"
+        lines.append(
+            f"goal: {two} {what} >= {goal:g} x {one}'s on {os.cpu_count()} CPUs -- measured "
+            f"{shown}: {verdict}"
+        )
+    return lines
 
 
 def goal_verdict(

@@ -6,8 +6,11 @@ outstanding per connection, for ``--duration`` seconds per round. Rounds alterna
 the loopback origin) and proxy (the same origin through interceptor), ``--rounds`` times each,
 so that drift in the machine hits both. The summary gives requests/s, p50 and p99 latency, the
 proxy's CPU time per request (utime + stime from /proc/PID/stat over the round, divided by the
-requests completed) and the origin's accept count (a pooling proxy opens few upstream
-connections).
+requests completed; of the proxy process and all its descendants, so a supervisor and its
+workers count whole) and the origin's accept count (a pooling proxy opens few upstream
+connections). The CPU of the origin and of the load generator is given too, and how busy all
+CPUs were: "rest of the machine" is what other programs and unbilled kernel work took
+beside the benchmark's own processes (on a machine that others share, the figure to read first).
 
 Three processes besides this driver, so that none bills its CPU to another or shares a GIL:
 the origin (``_common.py origin``), the proxy (twistd), and a load generator per round (this
@@ -21,6 +24,7 @@ Run from the repository root::
     /work/venv/bin/python bench/throughput.py --baseline bench/results/old.json
     /work/venv/bin/python bench/throughput.py --compare main~3     # this tree versus main~3
     /work/venv/bin/python bench/throughput.py --variants epoll,asyncio,epoll+demo --body html
+    /work/venv/bin/python bench/throughput.py --workers 1,2
 
 ``--compare REV`` exports revision REV's tree (``git archive``) to the run's temporary directory
 and starts a second proxy from it the same way (same twistd, config and environment, its own
@@ -38,6 +42,19 @@ results file keys the summary by variant name and adds a ``variants`` entry. A v
 proxy does not start fails the run with one line: its name and the end of the proxy's output.
 It excludes ``--compare``, ``--proxy-url`` and ``--baseline``; ``--proxy-log FILE`` keeps each
 variant's output in ``FILE.<name>``.
+
+``--workers LIST`` (e.g. ``1,2``) does the same with one proxy per worker count, named
+``workers=N`` (``INTERCEPTOR_PROXY_WORKERS=N``, twistd's default reactor, no addon); it
+excludes ``--variants`` too. With more than one worker, the proxy is measured from when every
+worker has logged "proxy accepting on" (the supervisor's sockets take connections before any
+worker runs); its CPU is the supervisor's plus every worker's, each read by pid at the start
+and end of a round (a worker that ends during a round fails the run: its time would be lost),
+and the table splits it by process, so an uneven spread of connections shows. Under the table,
+each count's requests/s over the first's, over the run and round by round (with what the rest
+of the machine took in each turn), and with 1 and 2 measured, issue 14's goal: 2 workers at
+least 1.3 times 1 worker's requests/s. When some rounds but not all were quiet (the rest of
+the machine took at most 10% of a core in every proxy's turn), the table is given again over
+those alone: on a shared machine, the figures that describe the proxy rather than the others.
 
 The started proxy inherits the environment, so its settings can be varied without editing
 the generated config, e.g. ``INTERCEPTOR_UPSTREAM_POOL_SIZE=64 python bench/throughput.py``.
@@ -74,11 +91,14 @@ from _common import (
     LOOPBACK,
     ORIGIN_BODIES,
     REPO_ROOT,
+    WORKERS_ENV,
     Metric,
     OriginBody,
     Revision,
     access_log_config,
     add_proxy_bench_args,
+    by_process_fields,
+    by_process_text,
     check_args,
     compare_arg,
     compare_ratios,
@@ -86,37 +106,51 @@ from _common import (
     default_proxy_cmd,
     error_fields,
     export_revision,
-    fmt_number,
-    fmt_ratio,
     goal_verdict,
     http_request,
     latency_fields,
     load_arg_checks,
+    load_average,
     load_baseline,
+    load_note,
+    machine_cpu_seconds,
+    machine_fields,
     merged_array,
     origin_body,
     origin_fields,
     origin_stats,
+    parse_worker_counts,
     pct_of_core,
     per_request_us,
     percentiles,
     print_direct_proxy_table,
-    print_table,
-    proc_cpu_seconds_or_none,
+    print_side_by_side_table,
+    proc_tree_cpu,
+    process_roles,
+    quiet_rounds,
+    quiet_title,
     raise_fd_limit,
     read_float_array,
     report_error,
     request_until_up,
     require_loopback,
+    rest_note,
+    rest_pct,
+    rest_text,
     results_header,
     round_order,
+    scaling_lines,
     self_command,
     start_origin,
     start_proxy_on_free_port,
     stop_proxy_and_origin,
     sum_or_none,
     tail_text,
+    tree_cpu_delta,
     wait_for_proxy,
+    wait_for_workers,
+    workers_name,
+    workers_scaling,
     write_json,
 )
 
@@ -143,7 +177,7 @@ class LoadSpec:
     duration: float
     max_requests: int
     latency_path: str
-    cpu_pids: dict[str, int] = field(default_factory=dict)
+    cpu_pids: dict[str, int] = field(default_factory=dict)  # each measured with its descendants
     connect_timeout: float = 5.0
     drain_timeout: float = 10.0
 
@@ -293,12 +327,38 @@ class _Client(asyncio.Protocol):
         self.transport.write(self.gen.request)
 
 
-def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float | None]:
-    """CPU seconds of each named process (None if it cannot be read), plus this process."""
-    out: dict[str, float | None] = {"loadgen": time.process_time()}
-    for name, pid in pids.items():
-        out[name] = proc_cpu_seconds_or_none(pid)
-    return out
+def _cpu_snapshot(pids: dict[str, int]) -> dict[str, Any]:
+    """CPU seconds so far of this process, of every CPU, and of each named process with all
+    its descendants, by pid (None where it cannot be read).
+
+    A whole tree, so that a proxy with workers counts its supervisor and every worker.
+    """
+    return {
+        "loadgen": time.process_time(),
+        "machine": machine_cpu_seconds(),
+        "trees": {name: proc_tree_cpu(pid) for name, pid in pids.items()},
+    }
+
+
+def _cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What two :func:`_cpu_snapshot` readings say was used in between."""
+    machine0, machine1 = before["machine"], after["machine"]
+    trees = {
+        name: tree_cpu_delta(tree, after["trees"].get(name))
+        for name, tree in before["trees"].items()
+    }
+    return {
+        "seconds": {
+            "loadgen": after["loadgen"] - before["loadgen"],
+            **{name: d.total if d is not None else None for name, d in trees.items()},
+        },
+        "trees": {name: d.to_json() if d is not None else None for name, d in trees.items()},
+        "machine": (
+            [machine1[0] - machine0[0], machine1[1] - machine0[1]]
+            if machine0 is not None and machine1 is not None
+            else None
+        ),
+    }
 
 
 async def run_load(spec: LoadSpec) -> dict[str, Any]:
@@ -339,10 +399,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     with open(spec.latency_path, "wb") as f:
         gen.latencies.tofile(f)
-    cpu = {
-        name: (cpu1[name] - before) if before is not None and cpu1.get(name) is not None else None
-        for name, before in cpu0.items()
-    }
+    used = _cpu_used(cpu0, cpu1)
     return {
         "requests": gen.completed,
         "issued": gen.issued,
@@ -350,7 +407,9 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         "errors": {kind: n for kind, n in gen.errors.items() if n},
         "reconnects": gen.reconnects,
         "connections": len(clients),
-        "cpu_seconds": cpu,
+        "cpu_seconds": used["seconds"],
+        "cpu_trees": used["trees"],
+        "machine_cpu_seconds": used["machine"],
     }
 
 
@@ -418,14 +477,21 @@ DEMO_SCRIPT = REPO_ROOT / "examples" / "demo.py"
 PLUGIN_NAME = "interceptor"
 
 
+#: Issue 14's done-when: plain keep-alive requests/s with 2 workers over 1 worker's, on the
+#: 2-core development machine, measured in the same run.
+WORKERS_SCALING_GOAL = 1.3
+
+
 @dataclass(frozen=True)
 class Variant:
-    """A configuration of this tree's proxy that ``--variants`` measures beside the others."""
+    """A configuration of this tree's proxy that ``--variants`` or ``--workers`` measures beside
+    the others."""
 
     name: str
     reactor: str | None  # twistd --reactor; None: twistd's default (epoll on Linux), as today
-    reactor_module: str  # the module twistd's "reactor class:" line must name
+    reactor_module: str | None  # the module twistd's "reactor class:" line must name; None: any
     demo: bool  # load DEMO_SCRIPT through HOOKS_SCRIPTS_ENV
+    workers: int | None = None  # [proxy] workers through WORKERS_ENV; None: as inherited
 
     def command(self, cmd: Sequence[str]) -> list[str]:
         """The proxy command ``cmd`` with this variant's ``--reactor`` before the plugin name.
@@ -446,7 +512,8 @@ class Variant:
         return [*words[:at], f"--reactor={self.reactor}", *words[at:]]
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
-        """``env`` with the demo addon on for a ``+demo`` variant, and off for the others.
+        """``env`` with the demo addon on for a ``+demo`` variant, and off for the others; and
+        with a ``--workers`` variant's worker count.
 
         Off rather than inherited: ``epoll`` and ``epoll+demo`` side by side must differ by the
         addon and nothing else, whatever the caller's environment holds.
@@ -456,6 +523,8 @@ class Variant:
             child[HOOKS_SCRIPTS_ENV] = str(DEMO_SCRIPT)
         else:
             child.pop(HOOKS_SCRIPTS_ENV, None)
+        if self.workers is not None:
+            child[WORKERS_ENV] = str(self.workers)
         return child
 
     def expected(self, body: OriginBody) -> Expected:
@@ -484,39 +553,59 @@ VARIANTS = {
 }
 
 
+def worker_variants(text: str) -> list[Variant]:
+    """``--workers`` ``"1,2"`` as variants ``workers=1`` and ``workers=2`` (twistd's default
+    reactor, no addon); ValueError (one line) for a bad list."""
+    return [
+        Variant(workers_name(n), None, None, demo=False, workers=n)
+        for n in parse_worker_counts(text)
+    ]
+
+
 def variants_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Variant] | None:
-    """``--variants`` as a list (None without it); exits 2 with one line if it cannot be run.
+    """``--variants`` or ``--workers`` as a list (None without either); exits 2 with one line
+    if it cannot be run.
 
     Checked while parsing, so that a bad list fails before any process is started.
     """
-    if args.variants is None:
+    if args.variants is None and args.workers is None:
         return None
 
     def refuse(message: str) -> NoReturn:
         parser.exit(2, f"{parser.prog}: error: {message}\n")
 
-    names = [name.strip() for name in args.variants.split(",")]
-    for name in names:
-        if name not in VARIANTS:
-            refuse(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
-    if len(set(names)) != len(names):
-        refuse("--variants: a variant is named twice")
+    if args.variants is not None and args.workers is not None:
+        # A table of every variant times every worker count: run one after the other instead.
+        refuse("--variants and --workers exclude each other: run them one after the other")
+    option = "--variants" if args.variants is not None else "--workers"
+    if args.variants is not None:
+        names = [name.strip() for name in args.variants.split(",")]
+        for name in names:
+            if name not in VARIANTS:
+                refuse(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+        if len(set(names)) != len(names):
+            refuse("--variants: a variant is named twice")
+        variants = [VARIANTS[name] for name in names]
+    else:
+        try:
+            variants = worker_variants(args.workers)
+        except ValueError as e:
+            refuse(f"--workers: {e}")
     # --compare measures another tree's default proxy; the two together would make a table of
     # every variant times every tree. Run one after the other instead.
     for given, message in (
-        (args.compare, "--variants and --compare exclude each other: run them one after the other"),
-        (args.proxy_url, "--variants starts every proxy itself, so it excludes --proxy-url"),
-        (args.baseline, "--variants and --baseline exclude each other (a baseline has one proxy)"),
+        (args.compare, f"{option} and --compare exclude each other: run them one after the other"),
+        (args.proxy_url, f"{option} starts every proxy itself, so it excludes --proxy-url"),
+        (args.baseline, f"{option} and --baseline exclude each other (a baseline has one proxy)"),
     ):
         if given:
             refuse(message)
-    variants = [VARIANTS[name] for name in names]
     cmd = shlex.split(args.proxy_cmd) if args.proxy_cmd else default_proxy_cmd()
     for variant in variants:
         try:
             variant.command(cmd)
         except ValueError as e:
-            refuse(f"--variants: {e}")
+            refuse(f"{option}: {e}")
     return variants
 
 
@@ -559,12 +648,17 @@ class RoundResult:
     p99_ms: float
     errors: dict[str, int]
     reconnects: int
-    proxy_cpu_s: float | None
+    proxy_cpu_s: float | None  # the proxy's whole process tree: supervisor and workers
     origin_cpu_s: float | None
     loadgen_cpu_s: float | None
     origin_accepts: int | None
     origin_requests: int | None
-    latencies: array[float] = field(repr=False)
+    # Seconds each of the proxy's processes used: "proxy" (a single process), or "supervisor"
+    # and "worker N".
+    proxy_cpu_by_process: dict[str, float] = field(default_factory=dict)
+    machine_busy_s: float | None = None  # all CPUs, everything but idle and iowait
+    machine_total_s: float | None = None  # all CPUs, busy or not
+    latencies: array[float] = field(repr=False, default_factory=lambda: array("d"))
 
     def to_json(self) -> dict[str, Any]:
         """The round as JSON-ready data (without the raw latencies)."""
@@ -603,6 +697,18 @@ def run_round(
     latencies = read_float_array(latency_path)
     p50, p99 = percentiles(latencies, [50, 99])
     cpu = summary["cpu_seconds"]
+    tree = summary["cpu_trees"].get("proxy")
+    by_process: dict[str, float] = {}
+    if tree is not None and target.pid is not None:
+        if tree["gone"]:
+            # Its CPU since the round began is lost with it, and it was restarted or the proxy
+            # is going: the round's figures would be short, so there are none.
+            raise RuntimeError(
+                f"mode {mode}, round {round_no}: proxy process(es) "
+                f"{', '.join(map(str, tree['gone']))} ended during the round"
+            )
+        by_process = process_roles(target.pid, tree["per_pid"])
+    machine = summary["machine_cpu_seconds"]
     return RoundResult(
         mode=mode,
         round=round_no,
@@ -618,6 +724,9 @@ def run_round(
         loadgen_cpu_s=cpu.get("loadgen"),
         origin_accepts=after["accepts"] - before["accepts"],
         origin_requests=after["requests"] - before["requests"],
+        proxy_cpu_by_process=by_process,
+        machine_busy_s=machine[0] if machine else None,
+        machine_total_s=machine[1] if machine else None,
         latencies=latencies,
     )
 
@@ -629,6 +738,10 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     proxy_cpu = sum_or_none([r.proxy_cpu_s for r in rounds])
     origin_cpu = sum_or_none([r.origin_cpu_s for r in rounds])
     loadgen_cpu = sum_or_none([r.loadgen_cpu_s for r in rounds])
+    machine_busy = sum_or_none([r.machine_busy_s for r in rounds])
+    machine_total = sum_or_none([r.machine_total_s for r in rounds])
+    direct = all(r.mode == "direct" for r in rounds)
+    ours = sum_or_none([0.0 if direct else proxy_cpu, origin_cpu, loadgen_cpu])
     return {
         "rounds": len(rounds),
         "requests": requests,
@@ -642,6 +755,9 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
         "proxy_cpu_pct_of_core": pct_of_core(proxy_cpu, elapsed),
         "origin_cpu_us_per_request": per_request_us(origin_cpu, requests),
         "loadgen_cpu_pct_of_core": pct_of_core(loadgen_cpu, elapsed),
+        "origin_cpu_pct_of_core": pct_of_core(origin_cpu, elapsed),
+        **by_process_fields([r.proxy_cpu_by_process for r in rounds], elapsed),
+        **machine_fields(machine_busy, machine_total, ours, elapsed),
         **origin_fields(rounds, requests),
     }
 
@@ -652,8 +768,13 @@ _METRICS: list[Metric] = [
     ("p99 latency (ms)", "p99_ms", 2, True, False),
     ("proxy CPU per request (µs)", "cpu_us_per_request", 1, False, True),
     ("proxy CPU (% of one core)", "proxy_cpu_pct_of_core", 0, False, True),
+    ("proxy processes", "proxy_processes", 0, False, True),
+    ("busiest proxy process (% of one core)", "proxy_busiest_process_pct_of_core", 0, False, True),
     ("origin CPU per request (µs)", "origin_cpu_us_per_request", 1, True, False),
+    ("origin CPU (% of one core)", "origin_cpu_pct_of_core", 0, True, False),
     ("load generator CPU (% of one core)", "loadgen_cpu_pct_of_core", 0, True, False),
+    ("rest of the machine (% of one core)", "rest_cpu_pct_of_core", 0, True, False),
+    ("all CPUs busy (%)", "machine_busy_pct", 0, True, False),
     ("origin accepts", "origin_accepts", 0, False, False),
     ("origin accepts per 1k requests", "origin_accepts_per_1k", 1, False, False),
     ("requests completed", "requests", 0, True, False),
@@ -805,6 +926,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "per request is the one the others are divided by and the goal is checked on"
         ),
     )
+    parser.add_argument(
+        "--workers",
+        metavar="LIST",
+        help=(
+            "measure this tree's proxy with each of these worker counts side by side "
+            f"(comma-separated, e.g. 1,2: {WORKERS_ENV}=N for each), as --variants does; the "
+            "proxy's CPU is its supervisor's and every worker's"
+        ),
+    )
     add_proxy_bench_args(
         parser,
         default_json=DEFAULT_JSON,
@@ -874,6 +1004,8 @@ def start_tree_proxy(
     )
     if variant is not None and variant.demo:
         desc += f" with {HOOKS_SCRIPTS_ENV}={env[HOOKS_SCRIPTS_ENV]}"
+    if variant is not None and variant.workers is not None:
+        desc += f" with {WORKERS_ENV}={variant.workers}"
     return process, port, desc
 
 
@@ -947,12 +1079,32 @@ def start_variants(
                 f"variant {variant.name}: the proxy {how} at start-up; its output ends: "
                 + output_tail_line(log_path)
             ) from None
+        worker_pids: list[int] = []
+        if variant.workers is not None and variant.workers > 1:
+            # The supervisor's sockets accept (into their backlogs) before any worker runs:
+            # measuring from then on would count the workers' start-up as the first round's.
+            try:
+                worker_pids = wait_for_workers(
+                    log_path, variant.workers, deadline, process, f"the {variant.name} proxy"
+                )
+            except RuntimeError as e:
+                raise VariantStartError(
+                    f"variant {variant.name}: {e}; its output ends: " + output_tail_line(log_path)
+                ) from None
+            print(
+                f"proxy {variant.name}: supervisor pid {process.pid}, worker pids "
+                + ", ".join(map(str, worker_pids))
+            )
         targets[variant.name] = Target(LOOPBACK, port, request, variant.expected(body), process.pid)
         warm_up_check(targets[variant.name], deadline, f"{variant.name} proxy")
         # twistd has logged its reactor by now (before it listened): a variant must measure the
         # reactor it is named after, whatever --proxy-cmd or twistd's default say.
         reactor = reported_reactor(log_path)
-        if reactor is not None and variant.reactor_module not in reactor.split("."):
+        if (
+            reactor is not None
+            and variant.reactor_module is not None
+            and variant.reactor_module not in reactor.split(".")
+        ):
             raise RuntimeError(
                 f"variant {variant.name}: twistd runs {reactor}, not the "
                 f"{variant.reactor_module} the variant is named after"
@@ -961,27 +1113,17 @@ def start_variants(
             "proxy": desc,
             "reactor": reactor,
             "hooks_scripts": str(DEMO_SCRIPT) if variant.demo else None,
+            "workers": variant.workers,
+            "worker_pids": worker_pids,
         }
     return targets, described
 
 
 def print_variants_table(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> None:
-    """The ``--variants`` table: direct and a column per variant, with CPU over the first's."""
-    first = names[0]
-    rows: list[list[str | None]] = []
-    for label, key, digits, _, proxy_only in _METRICS:
-        direct = None if proxy_only else fmt_number(summary["direct"].get(key), digits)
-        rows.append([label, direct, *(fmt_number(summary[n].get(key), digits) for n in names)])
-        if key == "cpu_us_per_request":
-            rows.append(
-                [
-                    f"proxy CPU per request / {first}'s",
-                    None,
-                    *(fmt_ratio(summary[n].get(key), summary[first].get(key)) for n in names),
-                ]
-            )
-    print()
-    print_table(rows, ["metric", "direct", *names])
+    """The ``--variants`` (or ``--workers``) table: direct and a column per variant, with
+    requests/s and CPU per request over the first's."""
+    ratio_rows = {"rps": "requests/s", "cpu_us_per_request": "proxy CPU per request"}
+    print_side_by_side_table(summary, names, _METRICS, ratio_rows)
 
 
 def over_direct(proxy: Mapping[str, Any], direct: Mapping[str, Any]) -> dict[str, float | None]:
@@ -1014,6 +1156,10 @@ def main(argv: list[str] | None = None) -> int:
         {key: getattr(args, key) for key in ("clients", "size", "body", "gzip", "duration")},
     )
     body = origin_body(args.size, args.body, args.gzip)
+    load = load_average()
+    note = load_note(load)
+    if note:
+        print(note)
     proxy: subprocess.Popen[bytes] | None = None
     compare_proxy: subprocess.Popen[bytes] | None = None
     variant_proxies: list[subprocess.Popen[bytes]] = []
@@ -1129,6 +1275,10 @@ def main(argv: list[str] | None = None) -> int:
                         if r.proxy_cpu_s is not None and r.requests
                         else ""
                     )
+                    if len(r.proxy_cpu_by_process) > 1 and r.elapsed:
+                        # How evenly the kernel spread the connections over the workers.
+                        pcts = {k: v / r.elapsed * 100 for k, v in r.proxy_cpu_by_process.items()}
+                        cpu += f" (% of a core: {by_process_text(pcts)})"
                     errors = sum(r.errors.values())
                     print(
                         f"round {round_no}/{args.rounds} {mode:>{width}}: {r.rps:9,.0f} req/s, "
@@ -1136,6 +1286,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"origin accepts {r.origin_accepts}, errors {errors}"
                         + (f" {r.errors}" if errors else "")
                         + (f", reconnects {r.reconnects}" if r.reconnects else "")
+                        + rest_text(
+                            r.machine_busy_s,
+                            [r.proxy_cpu_s if mode != "direct" else 0.0, r.origin_cpu_s]
+                            + [r.loadgen_cpu_s],
+                            r.elapsed,
+                        )
                     )
                     for process in (proxy, compare_proxy, *variant_proxies):
                         if process is not None and process.poll() is not None:
@@ -1170,6 +1326,33 @@ def main(argv: list[str] | None = None) -> int:
             compare=rev,
             compare_keys=COMPARE_KEYS,
         )
+    note = rest_note(summary, modes)
+    if note:
+        print(note)
+    scaling = None
+    if args.workers is not None:
+        rates = {(r.mode, r.round): r.rps for r in rounds}
+        rests = {
+            (r.mode, r.round): rest_pct(
+                r.machine_busy_s, [r.proxy_cpu_s, r.origin_cpu_s, r.loadgen_cpu_s], r.elapsed
+            )
+            for r in rounds
+        }
+        scaling = workers_scaling(rates, rests, summary, modes[1:], "rps")
+        calm = quiet_rounds(rests, modes[1:])
+        if calm and len(calm) < args.rounds:
+            # On a shared machine the rounds nobody else competed in are the ones that say what
+            # the proxy does: the same table over those alone.
+            summary_quiet = {
+                mode: summarize([r for r in rounds if r.mode == mode and r.round in calm])
+                for mode in modes
+            }
+            print()
+            print(quiet_title(calm, args.rounds))
+            print_variants_table(summary_quiet, modes[1:])
+            scaling["quiet_summary"] = summary_quiet
+        for line in scaling_lines(scaling, modes[1:], "requests/s", WORKERS_SCALING_GOAL):
+            print(line)
     text, met = goal_line(summary[main_mode], main_mode if variants is not None else "")
     print(text)
     for mode in modes[1:]:
@@ -1180,7 +1363,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     results = {
-        **results_header("throughput"),
+        **results_header("throughput", load_average=load),
         "params": {
             "clients": args.clients,
             "duration": args.duration,
@@ -1195,6 +1378,7 @@ def main(argv: list[str] | None = None) -> int:
             "proxy": proxy_desc,
             "compare": args.compare,
             "variants": [v.name for v in variants] if variants is not None else None,
+            "workers": args.workers,
         },
         "rounds": [r.to_json() for r in rounds],
         # With --variants, keyed by variant name beside "direct" (there is no "proxy").
@@ -1214,6 +1398,7 @@ def main(argv: list[str] | None = None) -> int:
             if variants is not None
             else {}
         ),
+        **({"workers_scaling": scaling} if scaling is not None else {}),
         "goal": {
             "cpu_us_per_request_max": GOAL_CPU_US_PER_REQUEST,
             "mode": main_mode,

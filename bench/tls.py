@@ -27,10 +27,13 @@ seconds per round) so that drift in the machine hits both:
 
 CPU time is utime + stime from ``/proc/PID/stat``, read by the driver just before the load
 starts and just after the last request of the round completes, divided by the requests (or
-connections) completed. The load generator's CPU is reported too: Python's client-side TLS
-handshake costs about as much as the proxy's, so in ``newconn`` rounds the load generator, not
-the proxy, may be what limits connections/s (the CPU-per-connection figure is valid either way;
-``--procs 2`` splits the clients over two load processes).
+connections) completed; for the proxy, of its process and every descendant (a supervisor and
+its workers), each read by pid. How busy all CPUs were is given too, and "rest of the machine":
+what other programs and kernel work billed to no process took beside the benchmark's own.
+The load generator's CPU is reported too: Python's client-side TLS handshake costs about as
+much as the proxy's, so in ``newconn`` rounds the load generator, not the proxy, may be what
+limits connections/s (the CPU-per-connection figure is valid either way; ``--procs 2`` splits
+the clients over two load processes).
 
 For scale (reference figures for comparable loads, not produced by this script): mitmproxy 12.3
 uses about 3,600 µs of CPU per intercepted keep-alive request and about 18 ms per new intercepted
@@ -56,11 +59,22 @@ Run from the repository root::
     /work/venv/bin/python bench/tls.py --mode newconn --procs 2 --duration 10
     /work/venv/bin/python bench/tls.py --baseline bench/results/old-tls.json
     /work/venv/bin/python bench/tls.py --mode keepalive --compare main~3   # tree versus main~3
+    /work/venv/bin/python bench/tls.py --mode keepalive --workers 1,2     # 1 worker versus 2
 
 ``--compare REV`` (any mode) exports revision REV's tree (``git archive``) to the temporary
 directory and starts a second proxy from it the same way (its own CA and config); each round
 then runs direct, this tree's proxy and REV's proxy, and the tables gain REV's column and
 tree/rev ratios.
+
+``--workers LIST`` (e.g. ``1,2``; any mode) starts one proxy of this tree per worker count
+instead (``INTERCEPTOR_PROXY_WORKERS=N``, its own CA and config), named ``workers=N``; each
+round runs direct and then each of them, and the tables get a column per count, rates and CPU
+per request over the first's, the CPU split by process, and each count's rate over the first's
+round by round (and the table again over the quiet rounds alone, as in throughput.py). A
+proxy with more than one worker is measured once every worker has logged "proxy accepting on"
+(the supervisor's sockets take connections before any worker runs); a worker that ends during
+a round fails the run (its time since the round began would be lost). It excludes
+``--compare`` and ``--baseline``.
 
 Not a test: pytest never runs it. Loopback only; every loop is bounded in time and count, and
 child processes are stopped on exit (and sent SIGTERM by the kernel if this driver dies).
@@ -91,12 +105,15 @@ from _common import (
     COMPARE,
     LOOPBACK,
     REPO_ROOT,
+    WORKERS_ENV,
     ChildLines,
     Metric,
     Revision,
     TunnelRefusedError,
     access_log_config,
     add_proxy_bench_args,
+    by_process_fields,
+    by_process_text,
     check_args,
     compare_arg,
     compare_ratios,
@@ -110,25 +127,40 @@ from _common import (
     https_request,
     latency_fields,
     load_arg_checks,
+    load_average,
     load_baseline,
+    load_note,
+    machine_cpu_seconds,
+    machine_fields,
     make_origin_certs,
     merged_array,
     origin_fields,
     origin_stats,
+    parse_worker_counts,
     pct_of_core,
     per_request_us,
     percentiles,
     print_direct_proxy_table,
+    print_side_by_side_table,
     proc_cpu_seconds_or_none,
     proc_fd_count,
     proc_rss_bytes,
+    proc_tree,
+    proc_tree_cpu,
+    process_roles,
+    quiet_rounds,
+    quiet_title,
     raise_fd_limit,
     read_float_array,
     report_error,
     request_until_up,
     require_loopback,
+    rest_note,
+    rest_pct,
+    rest_text,
     results_header,
     round_order,
+    scaling_lines,
     self_command,
     spawn,
     start_origin,
@@ -137,8 +169,12 @@ from _common import (
     stop_proxy_and_origin,
     sum_or_none,
     tail_text,
+    tree_cpu_delta,
     tunnel_status,
     wait_for_proxy,
+    wait_for_workers,
+    workers_name,
+    workers_scaling,
     write_json,
 )
 
@@ -585,8 +621,13 @@ class RoundResult:
     loadgen_cpu_s: float | None
     origin_accepts: int | None
     origin_requests: int | None
-    proxy_rss_bytes: int | None
-    proxy_fds: int | None
+    proxy_rss_bytes: int | None  # summed over the proxy's processes (supervisor and workers)
+    proxy_fds: int | None  # likewise
+    # Seconds each of the proxy's processes used: "proxy" (a single process), or "supervisor"
+    # and "worker N".
+    proxy_cpu_by_process: dict[str, float]
+    machine_busy_s: float | None  # all CPUs, everything but idle and iowait
+    machine_total_s: float | None  # all CPUs, busy or not
     latencies: array[float] = field(repr=False)
     setups: array[float] = field(repr=False)
 
@@ -643,12 +684,25 @@ def _split(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def _cpu_now(
-    proxy_pid: int | None, origin_pid: int, loadgen_pids: list[int]
-) -> tuple[float | None, float | None, list[float | None]]:
-    """CPU seconds so far of the proxy, the origin and each load process (None: unreadable)."""
+@dataclass
+class _CpuNow:
+    """CPU seconds so far: the proxy's by pid (it and every descendant, so a supervisor and its
+    workers count whole), the origin's, each load process's, and all CPUs' ``(busy, total)``.
+    None where unreadable."""
+
+    proxy: dict[int, float] | None
+    origin: float | None
+    loadgen: list[float | None]
+    machine: tuple[float, float] | None
+
+
+def _cpu_now(proxy_pid: int | None, origin_pid: int, loadgen_pids: list[int]) -> _CpuNow:
+    """Read :class:`_CpuNow` (the proxy first: it is the figure that matters most)."""
     cpu = proc_cpu_seconds_or_none
-    return cpu(proxy_pid), cpu(origin_pid), [cpu(p) for p in loadgen_pids]
+    proxy = proc_tree_cpu(proxy_pid)
+    return _CpuNow(
+        proxy, cpu(origin_pid), [cpu(p) for p in loadgen_pids], machine_cpu_seconds()
+    )
 
 
 def _delta(after: float | None, before: float | None) -> float | None:
@@ -740,15 +794,33 @@ def run_round(
     errors: Counter[str] = Counter()
     for s in summaries:
         errors.update(s["errors"])
-    loadgen = [_delta(a, b) for a, b in zip(cpu1[2], cpu0[2], strict=True)]
+    loadgen = [_delta(a, b) for a, b in zip(cpu1.loadgen, cpu0.loadgen, strict=True)]
     requests = sum(s["requests"] for s in summaries)
     elapsed = t1 - t0
+    tree = tree_cpu_delta(cpu0.proxy, cpu1.proxy)
+    by_process: dict[str, float] = {}
+    if tree is not None and proxy_pid is not None:
+        if tree.gone:
+            # Its CPU since the round began is lost with it, and it was restarted or the proxy
+            # is going: the round's figures would be short, so there are none.
+            raise RuntimeError(
+                f"{measure} {target.name}, round {round_no}: proxy process(es) "
+                f"{', '.join(map(str, tree.gone))} ended during the round"
+            )
+        by_process = process_roles(proxy_pid, {str(p): s for p, s in tree.per_pid.items()})
     rss = fds = None
     if proxy_pid is not None:
         try:
-            rss, fds = proc_rss_bytes(proxy_pid), proc_fd_count(proxy_pid)
+            members = proc_tree(proxy_pid)
+            rss = sum(proc_rss_bytes(p) for p in members)
+            fds = sum(proc_fd_count(p) for p in members)
         except OSError:
             pass
+    machine = (
+        (cpu1.machine[0] - cpu0.machine[0], cpu1.machine[1] - cpu0.machine[1])
+        if cpu0.machine is not None and cpu1.machine is not None
+        else None
+    )
     return RoundResult(
         measure=measure,
         target=target.name,
@@ -765,13 +837,16 @@ def run_round(
             s["issued"] >= spec.max_requests for s, spec in zip(summaries, specs, strict=True)
         ),
         loadgen_procs=procs,
-        proxy_cpu_s=_delta(cpu1[0], cpu0[0]),
-        origin_cpu_s=_delta(cpu1[1], cpu0[1]),
+        proxy_cpu_s=tree.total if tree is not None else None,
+        origin_cpu_s=_delta(cpu1.origin, cpu0.origin),
         loadgen_cpu_s=None if any(v is None for v in loadgen) else sum(v or 0.0 for v in loadgen),
         origin_accepts=after["accepts"] - before["accepts"],
         origin_requests=after["requests"] - before["requests"],
         proxy_rss_bytes=rss,
         proxy_fds=fds,
+        proxy_cpu_by_process=by_process,
+        machine_busy_s=machine[0] if machine else None,
+        machine_total_s=machine[1] if machine else None,
         latencies=latencies,
         setups=setups,
     )
@@ -791,6 +866,10 @@ def _round_line(r: RoundResult) -> str:
             if r.measure == "keepalive"
             else f", proxy CPU {per * 1e3:.2f} ms/conn"
         )
+    if len(r.proxy_cpu_by_process) > 1 and r.elapsed:
+        # How evenly the kernel spread the connections over the workers.
+        pcts = {k: v / r.elapsed * 100 for k, v in r.proxy_cpu_by_process.items()}
+        text += f" (% of a core: {by_process_text(pcts)})"
     if r.loadgen_cpu_s is not None and r.elapsed:
         text += f", loadgen CPU {r.loadgen_cpu_s / r.elapsed * 100:.0f}%"
     text += f", origin accepts {r.origin_accepts}"
@@ -800,7 +879,8 @@ def _round_line(r: RoundResult) -> str:
         text += f", reconnects {r.reconnects}"
     if r.capped:
         text += " (stopped by --max-requests)"
-    return text
+    ours = [r.proxy_cpu_s if r.target != "direct" else 0.0, r.origin_cpu_s, r.loadgen_cpu_s]
+    return text + rest_text(r.machine_busy_s, ours, r.elapsed)
 
 
 def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
@@ -813,6 +893,10 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     loadgen_cpu = sum_or_none([r.loadgen_cpu_s for r in rounds])
     proxy_us = per_request_us(proxy_cpu, requests)
     loadgen_us = per_request_us(loadgen_cpu, requests)
+    direct = all(r.target == "direct" for r in rounds)
+    ours = sum_or_none([0.0 if direct else proxy_cpu, origin_cpu, loadgen_cpu])
+    machine_busy = sum_or_none([r.machine_busy_s for r in rounds])
+    machine_total = sum_or_none([r.machine_total_s for r in rounds])
     return {
         "rounds": len(rounds),
         "requests": requests,
@@ -828,6 +912,9 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
         "proxy_cpu_ms_per_request": proxy_us / 1e3 if proxy_us is not None else None,
         "proxy_cpu_pct_of_core": pct_of_core(proxy_cpu, elapsed),
         "origin_cpu_us_per_request": per_request_us(origin_cpu, requests),
+        "origin_cpu_pct_of_core": pct_of_core(origin_cpu, elapsed),
+        **by_process_fields([r.proxy_cpu_by_process for r in rounds], elapsed),
+        **machine_fields(machine_busy, machine_total, ours, elapsed),
         "loadgen_cpu_us_per_request": loadgen_us,
         "loadgen_cpu_ms_per_request": loadgen_us / 1e3 if loadgen_us is not None else None,
         "loadgen_cpu_pct_of_core": pct_of_core(loadgen_cpu, elapsed),
@@ -840,6 +927,17 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
     }
 
 
+#: Rows on the proxy's processes (a supervisor and its workers, or the one proxy process).
+_PROCESS_ROWS: list[Metric] = [
+    ("proxy processes", "proxy_processes", 0, False, True),
+    ("busiest proxy process (% of one core)", "proxy_busiest_process_pct_of_core", 0, False, True),
+]
+#: Rows on the whole machine: what else took the same CPUs.
+_MACHINE_ROWS: list[Metric] = [
+    ("rest of the machine (% of one core)", "rest_cpu_pct_of_core", 0, True, False),
+    ("all CPUs busy (%)", "machine_busy_pct", 0, True, False),
+]
+
 #: The table rows of each measure.
 _METRICS: dict[str, list[Metric]] = {
     "keepalive": [
@@ -848,9 +946,12 @@ _METRICS: dict[str, list[Metric]] = {
         ("p99 latency (ms)", "p99_ms", 2, True, False),
         ("proxy CPU per request (µs)", "proxy_cpu_us_per_request", 1, False, True),
         ("proxy CPU (% of one core)", "proxy_cpu_pct_of_core", 0, False, True),
+        *_PROCESS_ROWS,
         ("origin CPU per request (µs)", "origin_cpu_us_per_request", 1, True, False),
+        ("origin CPU (% of one core)", "origin_cpu_pct_of_core", 0, True, False),
         ("load generator CPU per request (µs)", "loadgen_cpu_us_per_request", 1, True, False),
         ("load generator CPU (% of one core)", "loadgen_cpu_pct_of_core", 0, True, False),
+        *_MACHINE_ROWS,
         ("origin accepts", "origin_accepts", 0, False, False),
         ("origin accepts per 1k requests", "origin_accepts_per_1k", 1, False, False),
         ("proxy RSS after (MiB)", "proxy_rss_mib_after", 1, False, True),
@@ -866,9 +967,12 @@ _METRICS: dict[str, list[Metric]] = {
         ("setup p50: connect to TLS done (ms)", "setup_p50_ms", 2, True, False),
         ("proxy CPU per connection (ms)", "proxy_cpu_ms_per_request", 2, False, True),
         ("proxy CPU (% of one core)", "proxy_cpu_pct_of_core", 0, False, True),
+        *_PROCESS_ROWS,
         ("origin CPU per connection (µs)", "origin_cpu_us_per_request", 1, True, False),
+        ("origin CPU (% of one core)", "origin_cpu_pct_of_core", 0, True, False),
         ("load generator CPU per conn (ms)", "loadgen_cpu_ms_per_request", 2, True, False),
         ("load generator CPU (% of one core)", "loadgen_cpu_pct_of_core", 0, True, False),
+        *_MACHINE_ROWS,
         ("origin accepts", "origin_accepts", 0, False, False),
         ("origin accepts per 1k connections", "origin_accepts_per_1k", 1, False, False),
         ("proxy RSS after (MiB)", "proxy_rss_mib_after", 1, False, True),
@@ -898,9 +1002,11 @@ def goal_line(measure: str, proxy_summary: dict[str, Any]) -> tuple[str, bool | 
     return goal_verdict(text, value, limit, shown, errors, "intercepted requests")
 
 
-def bottleneck_note(measure: str, summary: dict[str, dict[str, Any]]) -> str | None:
-    """A note when the load generator, rather than the proxy, probably limited the rate."""
-    proxy = summary["proxy"]
+def bottleneck_note(measure: str, proxy: dict[str, Any], which: str = "proxy") -> str | None:
+    """A note when the load generator, rather than the proxy, probably limited the rate.
+
+    ``proxy`` is the summary of the proxy ``which`` names ("proxy", "workers=2").
+    """
     loadgen = proxy.get("loadgen_cpu_pct_of_core")
     procs = proxy.get("loadgen_procs") or 1
     proxy_pct = proxy.get("proxy_cpu_pct_of_core")
@@ -908,7 +1014,7 @@ def bottleneck_note(measure: str, summary: dict[str, dict[str, Any]]) -> str | N
         return None
     note = (
         f"note: the load generator used {loadgen:.0f}% of a core ({procs} process(es)) in the "
-        f"{measure} proxy rounds"
+        f"{measure} {which} rounds"
     )
     if proxy_pct is not None:
         note += f" against the proxy's {proxy_pct:.0f}%"
@@ -994,6 +1100,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             + shlex.join(default_proxy_cmd())
         ),
     )
+    parser.add_argument(
+        "--workers",
+        metavar="LIST",
+        help=(
+            "measure this tree's proxy with each of these worker counts side by side instead of "
+            f"one proxy (comma-separated, e.g. 1,2: {WORKERS_ENV}=N for each), each round "
+            "running direct and then each of them; the proxy's CPU is its supervisor's and "
+            "every worker's"
+        ),
+    )
     add_proxy_bench_args(
         parser,
         default_json=DEFAULT_JSON,
@@ -1013,6 +1129,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ],
     )
     args.compare_rev = compare_arg(parser, args)
+    args.worker_counts = None
+    if args.workers is not None:
+        try:
+            args.worker_counts = parse_worker_counts(args.workers)
+        except ValueError as e:
+            parser.error(f"--workers: {e}")
+        # Each has a table of its own (direct, this tree's and REV's proxy; a baseline's proxy):
+        # one of them with a column per worker count would be a table of everything.
+        if args.compare:
+            parser.error("--workers and --compare exclude each other: run them one after the other")
+        if args.baseline:
+            parser.error("--workers and --baseline exclude each other (a baseline has one proxy)")
     return args
 
 
@@ -1039,8 +1167,10 @@ def start_tree_proxy(
     origin_root: Path,
     log_path: Path,
     root: Path = REPO_ROOT,
+    workers: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, str, Path]:
-    """Start the proxy of source tree ``root``, its config and CA in ``workdir``.
+    """Start the proxy of source tree ``root``, its config and CA in ``workdir``; with
+    ``workers``, that many (through WORKERS_ENV, whatever the environment says).
 
     Returns ``(process, port, description, CA dir)``; every proxy of a run is started this way.
     """
@@ -1055,6 +1185,8 @@ def start_tree_proxy(
     }
     assert forced.keys() == set(_FORCED)
     env = {**os.environ, **forced}
+    if workers is not None:
+        env[WORKERS_ENV] = str(workers)
     process, port, desc = start_proxy_on_free_port(
         cmd,
         access_log_config(args.access_log),
@@ -1063,6 +1195,8 @@ def start_tree_proxy(
         env=env,
         root=root,
     )
+    if workers is not None:
+        desc += f" with {WORKERS_ENV}={workers}"
     return process, port, desc, ca_dir
 
 
@@ -1075,16 +1209,25 @@ def start_checked_proxy(
     origin_port: int,
     log_path: Path,
     root: Path = REPO_ROOT,
+    workers: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], Target, str]:
-    """:func:`start_tree_proxy`, then wait until one request through it is answered right.
+    """:func:`start_tree_proxy`, then wait until one request through it is answered right
+    (with more than one worker, once every worker accepts).
 
     Returns ``(process, target, description)``; ``name`` is the target's, ``label`` what
     the proxy is called in the output ("proxy", "proxy (tree)").
     """
-    proxy, port, desc, ca_dir = start_tree_proxy(bench_args, workdir, origin_root, log_path, root)
+    proxy, port, desc, ca_dir = start_tree_proxy(
+        bench_args, workdir, origin_root, log_path, root, workers
+    )
     try:
         print(f"{label}: {desc}")
         deadline = wait_for_proxy(LOOPBACK, port, bench_args.startup_timeout, proxy, f"the {label}")
+        if workers is not None and workers > 1:
+            # The supervisor's sockets accept (into their backlogs) before any worker runs:
+            # measuring from then on would count the workers' start-up as the first round's.
+            pids = wait_for_workers(log_path, workers, deadline, proxy, f"the {label}")
+            print(f"{label}: supervisor pid {proxy.pid}, worker pids {', '.join(map(str, pids))}")
         ca_pem = ca_dir / "ca.pem"
         if not ca_pem.exists():
             raise RuntimeError(f"the {label} is up but {ca_pem} does not exist")
@@ -1106,7 +1249,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     measures = MEASURES if args.mode == "both" else (args.mode,)
     rev: Revision | None = args.compare_rev
-    names = (*TARGETS, COMPARE) if rev is not None else TARGETS
+    counts: list[int] | None = args.worker_counts
+    names: tuple[str, ...]
+    if counts is not None:
+        names = ("direct", *(workers_name(n) for n in counts))
+    else:
+        names = (*TARGETS, COMPARE) if rev is not None else TARGETS
+    # The proxy whose figures the goals are checked on.
+    main_name = names[1]
     # SIGTERM stops the run like Ctrl-C does: children stopped in order, temp files removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
@@ -1115,7 +1265,12 @@ def main(argv: list[str] | None = None) -> int:
         {key: getattr(args, key) for key in ("clients", "size", "duration", "procs")},
         benchmark="tls",
     )
+    load = load_average()
+    note = load_note(load)
+    if note:
+        print(note)
     proxy: subprocess.Popen[bytes] | None = None
+    more_proxies: list[subprocess.Popen[bytes]] = []  # --workers: all but the first
     compare_proxy: subprocess.Popen[bytes] | None = None
     compare_desc = ""
     origin: tuple[subprocess.Popen[bytes], int] | None = None
@@ -1123,7 +1278,11 @@ def main(argv: list[str] | None = None) -> int:
     compare_logs: list[Path] = []
     rounds: list[RoundResult] = []
     inherited = {
-        k: v for k, v in os.environ.items() if k.startswith("INTERCEPTOR_") and k not in _FORCED
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("INTERCEPTOR_")
+        and k not in _FORCED
+        and not (counts is not None and k == WORKERS_ENV)  # --workers sets it for each proxy
     }
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         workdir = Path(tmp)
@@ -1139,26 +1298,49 @@ def main(argv: list[str] | None = None) -> int:
                 f"(pid {origin_process.pid}), {args.size}-byte body"
             )
 
-            log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
-            proxy, proxy_target, proxy_desc = start_checked_proxy(
-                args,
-                "proxy",
-                "proxy (tree)" if rev is not None else "proxy",
-                workdir,
-                root_path,
-                origin_port,
-                log_path,
-            )
+            targets = {"direct": Target("direct", LOOPBACK, origin_port, None, str(root_path))}
+            check_target(targets["direct"], origin_port, args.size, time.monotonic() + 5)
+            if counts is not None:
+                # One proxy per worker count, all running for the whole run, started one after
+                # the other (as --compare's two): the idle ones wait in epoll, costing nothing.
+                descs = []
+                for n in counts:
+                    name = workers_name(n)
+                    wdir = workdir / name
+                    wdir.mkdir()
+                    wlog = wdir / "proxy.log"
+                    if args.proxy_log:
+                        wlog = Path(f"{args.proxy_log}.{name}")
+                    # The first is "the" proxy (its log is reported first on an error).
+                    if log_path is None:
+                        log_path = wlog
+                    else:
+                        compare_logs.append(wlog)
+                    started, targets[name], desc = start_checked_proxy(
+                        args, name, f"proxy {name}", wdir, root_path, origin_port, wlog, workers=n
+                    )
+                    if proxy is None:
+                        proxy = started
+                    else:
+                        more_proxies.append(started)
+                    descs.append(f"{name}: {desc}")
+                proxy_desc = "; ".join(descs)
+            else:
+                log_path = Path(args.proxy_log) if args.proxy_log else workdir / "proxy.log"
+                proxy, targets["proxy"], proxy_desc = start_checked_proxy(
+                    args,
+                    "proxy",
+                    "proxy (tree)" if rev is not None else "proxy",
+                    workdir,
+                    root_path,
+                    origin_port,
+                    log_path,
+                )
             if inherited:
                 print(
                     "proxy settings from the environment: "
                     + shlex.join(f"{k}={v}" for k, v in sorted(inherited.items()))
                 )
-            targets = {
-                "direct": Target("direct", LOOPBACK, origin_port, None, str(root_path)),
-                "proxy": proxy_target,
-            }
-            check_target(targets["direct"], origin_port, args.size, time.monotonic() + 5)
             if rev is not None:
                 # Both proxies run for the whole run, started one after the other (no race on
                 # start-up): each then has the same history when measured (warm-up, pools,
@@ -1198,7 +1380,7 @@ def main(argv: list[str] | None = None) -> int:
                         r = run_round(bench, measure, targets[name], round_no, args.duration)
                         rounds.append(r)
                         print(f"round {round_no}/{args.rounds} " + _round_line(r))
-                        for process in (proxy, compare_proxy):
+                        for process in (proxy, compare_proxy, *more_proxies):
                             if process is not None and process.poll() is not None:
                                 raise RuntimeError(
                                     f"the proxy (pid {process.pid}) exited with status "
@@ -1211,39 +1393,83 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; stopping the proxies and the origin", file=sys.stderr)
             return 130
         finally:
-            stop_proxy_and_origin(proxy, origin, compare_proxy)
+            stop_proxy_and_origin(proxy, origin, compare_proxy, *more_proxies)
 
     summary: dict[str, dict[str, Any]] = {}
     goals: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
+    scaling: dict[str, Any] = {}
     any_unmet = False
     for measure in measures:
         summary[measure] = {
             name: summarize([r for r in rounds if r.measure == measure and r.target == name])
             for name in names
         }
-        print_direct_proxy_table(
-            summary[measure],
-            _METRICS[measure],
-            (baseline or {}).get("summary", {}).get(measure),
-            args.baseline,
-            rate_key="rate",
-            rate_label="rate",
-            title=f"{measure}: {_TITLES[measure]}",
-            compare=rev,
-            compare_keys=COMPARE_KEYS[measure],
-        )
-        text, met = goal_line(measure, summary[measure]["proxy"])
-        print(text)
-        note = bottleneck_note(measure, summary[measure])
+        title = f"{measure}: {_TITLES[measure]}"
+        if counts is not None:
+            rate_label = "requests/s" if measure == "keepalive" else "connections/s"
+            cpu_key = COMPARE_KEYS[measure][0]
+            print_side_by_side_table(
+                summary[measure],
+                names[1:],
+                _METRICS[measure],
+                {"rate": rate_label, cpu_key: "proxy CPU per " + rate_label.split("/")[0][:-1]},
+                title=title,
+            )
+            of_measure = [r for r in rounds if r.measure == measure]
+            rates = {(r.target, r.round): r.rate for r in of_measure}
+            rests = {
+                (r.target, r.round): rest_pct(
+                    r.machine_busy_s, [r.proxy_cpu_s, r.origin_cpu_s, r.loadgen_cpu_s], r.elapsed
+                )
+                for r in of_measure
+            }
+            scaling[measure] = workers_scaling(rates, rests, summary[measure], names[1:], "rate")
+            calm = quiet_rounds(rests, names[1:])
+            if calm and len(calm) < args.rounds:
+                # On a shared machine the rounds nobody else competed in are the ones that say
+                # what the proxy does: the same table over those alone.
+                summary_quiet = {
+                    name: summarize([r for r in of_measure if r.target == name and r.round in calm])
+                    for name in names
+                }
+                print_side_by_side_table(
+                    summary_quiet,
+                    names[1:],
+                    _METRICS[measure],
+                    {"rate": rate_label, cpu_key: "proxy CPU per " + rate_label.split("/")[0][:-1]},
+                    title=f"{measure}, " + quiet_title(calm, args.rounds),
+                )
+                scaling[measure]["quiet_summary"] = summary_quiet
+            for line in scaling_lines(scaling[measure], names[1:], rate_label):
+                print(line)
+        else:
+            print_direct_proxy_table(
+                summary[measure],
+                _METRICS[measure],
+                (baseline or {}).get("summary", {}).get(measure),
+                args.baseline,
+                rate_key="rate",
+                rate_label="rate",
+                title=title,
+                compare=rev,
+                compare_keys=COMPARE_KEYS[measure],
+            )
+        note = rest_note(summary[measure], names)
         if note:
             print(note)
+        text, met = goal_line(measure, summary[measure][main_name])
+        print(text if counts is None else f"{text} ({main_name})")
+        for name in names[1:] if counts is not None else ["proxy"]:
+            note = bottleneck_note(measure, summary[measure][name], name)
+            if note:
+                print(note)
         for name in names[1:]:
             figures = summary[measure][name]
             if figures["error_count"]:
                 which = "proxy" if name == "proxy" or rev is None else f"{rev.label} proxy"
                 print(f"warning: {figures['error_count']} {which} errors: {figures['errors']}")
-        proxy_s = summary[measure]["proxy"]
+        proxy_s = summary[measure][main_name]
         any_unmet = any_unmet or met is False
         goals[measure] = {
             "unit": "µs per request" if measure == "keepalive" else "ms per connection",
@@ -1254,12 +1480,18 @@ def main(argv: list[str] | None = None) -> int:
             "met": met,
         }
         d = summary[measure]["direct"]
-        ratios[measure] = {
-            key: proxy_s[key] / d[key] if d[key] else None for key in ("rate", "p50_ms", "p99_ms")
+        over_direct = {
+            name: {
+                key: summary[measure][name][key] / d[key] if d[key] else None
+                for key in ("rate", "p50_ms", "p99_ms")
+            }
+            for name in names[1:]
         }
+        # Without --workers, as it always was: the proxy's figures over direct's.
+        ratios[measure] = over_direct if counts is not None else over_direct["proxy"]
 
     results = {
-        **results_header("tls", openssl=ssl.OPENSSL_VERSION),
+        **results_header("tls", openssl=ssl.OPENSSL_VERSION, load_average=load),
         "params": {
             "mode": args.mode,
             "clients": args.clients,
@@ -1273,6 +1505,7 @@ def main(argv: list[str] | None = None) -> int:
             "proxy": proxy_desc,
             "proxy_env": inherited,
             "compare": args.compare,
+            "workers": counts,
         },
         "rounds": [r.to_json() for r in rounds],
         "summary": summary,
@@ -1288,6 +1521,7 @@ def main(argv: list[str] | None = None) -> int:
             if rev is not None
             else {}
         ),
+        **({"workers_scaling": scaling} if counts is not None else {}),
         "goals": goals,
     }
     print(f"results: {write_json(args.json, results)}")
