@@ -270,22 +270,7 @@ class ProxyService(Service):
         self.reactor.callWhenRunning(self.reactor.stop)
 
     def _listen(self, description: str, factory: IProtocolFactory, key: str) -> IListeningPort:
-        """Listen on `description` for the setting `key`; a failure is one line naming both,
-        exit 2 (what to change is the configuration)."""
-        try:
-            endpoint = endpoints.serverFromString(self.reactor, description)
-        except ValueError as e:
-            raise StartupError(f"{key}: cannot use endpoint {description!r}: {e}", code=2) from None
-        result: list[IListeningPort | Failure] = []
-        endpoint.listen(factory).addBoth(result.append)
-        if not result:
-            raise StartupError(f"{key}: listening on {description} did not complete at start-up")
-        port = result[0]
-        if isinstance(port, Failure):
-            raise StartupError(
-                f"{key}: cannot listen on {description}: {port.getErrorMessage()}", code=2
-            )
-        return port
+        return listen(self.reactor, description, factory, key)
 
     def _start_tls(self, hooks: HookChain, ca: tls.CertificateAuthority) -> tls.LeafMinter:
         """The leaf minter and the CA page, on the CA that `prepare` loaded."""
@@ -510,6 +495,25 @@ class ProxyService(Service):
 
 # Seconds for the connections cut at the drain deadline to be lost (their last turn).
 _CUT_GRACE = 1.0
+
+
+def listen(reactor: Any, description: str, factory: IProtocolFactory, key: str) -> IListeningPort:
+    """Listen on `description` for the setting `key`; a failure is one line naming both,
+    exit 2 (what to change is the configuration)."""
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except ValueError as e:
+        raise StartupError(f"{key}: cannot use endpoint {description!r}: {e}", code=2) from None
+    result: list[IListeningPort | Failure] = []
+    endpoint.listen(factory).addBoth(result.append)
+    if not result:
+        raise StartupError(f"{key}: listening on {description} did not complete at start-up")
+    port = result[0]
+    if isinstance(port, Failure):
+        raise StartupError(
+            f"{key}: cannot listen on {description}: {port.getErrorMessage()}", code=2
+        )
+    return port
 
 
 def _watch_supervisor(reactor: Any) -> None:

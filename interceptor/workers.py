@@ -188,6 +188,7 @@ class Supervisor(Service):
         self.workers: dict[int, _Worker] = {}
         self.deaths: dict[int, deque[float]] = {}
         self.restarts = 0
+        self.failed = False  # a worker kept dying: the exit status says so
         self.admin_ports: list[IListeningPort] = []
         self.stopping = False
         self.ready = False
@@ -208,9 +209,9 @@ class Supervisor(Service):
 
     def prepare(self) -> None:
         """What can fail on the user's input, before twistd logs: the addons (loaded here to
-        be checked: a bad one is one line, not workers dying one after another), the CA
-        (created once, here, not by racing workers) and every listener. Raises
-        WorkerStartError."""
+        be checked: a bad one is one line, not workers dying one after another) and the CA
+        (created once, here, not by racing workers). Raises WorkerStartError. The listeners
+        are bound in startService, the admin endpoint first, as a single proxy binds them."""
         from .addons.loader import AddonError, load_all
 
         try:
@@ -224,29 +225,27 @@ class Supervisor(Service):
         except OSError as e:
             where = self.config.tls.ca_dir
             raise WorkerStartError(f"tls.ca_dir: {where}: {e.strerror or e}") from None
-        self.sockets = listen_sockets(self.config.proxy.listen, self.count, self.reactor)
         # The workers' admin sockets: private to this user.
         self.sockdir = tempfile.mkdtemp(prefix="interceptor-workers-")
 
     def startService(self) -> None:
         super().startService()
         from .admin import supervisor_site
+        from .service import StartupError, listen
 
         if self.config.proxy.sigpipe != "inherit":
             # The supervisor writes to no client; a closed stdout must not kill it either.
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
+        # The admin listener first, as a single proxy does: a busy admin port stops start-up
+        # (one line naming admin.listen, exit 2) before any proxy socket exists.
         site = supervisor_site(self)
         for description in resolve_admin_listen(self.config):
-            endpoint = endpoints.serverFromString(self.reactor, description)
-            result: list[Any] = []
-            endpoint.listen(site).addBoth(result.append)
-            if result and not isinstance(result[0], Failure):
-                self.admin_ports.append(result[0])
-                _log.info("admin listening on {endpoint}", endpoint=description)
-            else:
-                reason = result[0].getErrorMessage() if result else "did not complete"
-                _log.error("{text}", text=f"admin.listen: cannot listen on {description}: {reason}")
+            self.admin_ports.append(listen(self.reactor, description, site, "admin.listen"))
+            _log.info("admin listening on {endpoint}", endpoint=description)
+        try:
+            self.sockets = listen_sockets(self.config.proxy.listen, self.count, self.reactor)
+        except WorkerStartError as e:
+            raise StartupError(str(e), code=2) from None
         _log.info(
             "{text}",
             text=f"supervisor: {self.count} workers on "
@@ -310,8 +309,6 @@ class Supervisor(Service):
         )
         self.restarts += 1
         self.reactor.callLater(delay, self._spawn, worker.number)
-
-    failed = False
 
     # -- stop ----------------------------------------------------------------------------------
 
