@@ -193,3 +193,50 @@ def open_fd_count() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopper:
+    """Stops the reactor once, however many signals and callers ask for it.
+
+    twistd's own SIGINT and SIGTERM handlers call `reactor.stop()` on every signal, and a
+    second call, while the first stop is still draining, raises ReactorNotRunning: a
+    traceback for a user who presses Ctrl-C twice, or for a worker that gets the terminal's
+    SIGINT (sent to the whole process group) and then its supervisor's SIGTERM. `install`
+    replaces those handlers once the reactor runs; every stop of ours goes through `stop`.
+    """
+
+    def __init__(self, reactor: Any, log: Any) -> None:
+        self.reactor = reactor
+        self.log = log
+        self.stopping = False
+
+    def install(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+        """Take `signals` over from the reactor (call it once the reactor runs)."""
+        for sig in signals:
+            signal.signal(sig, self._signalled)
+        # (a stop that did not come through here, e.g. from a test, counts too)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._begun)
+
+    def _begun(self) -> None:
+        self.stopping = True
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        # As Twisted's handlers do: the work is done by the reactor, not in the handler.
+        self.reactor.callFromThread(self.stop, signal.Signals(signum).name)
+
+    def stop(self, why: str) -> None:
+        """Stop the reactor, logging `why` (a signal's name, or a sentence); a no-op when a
+        stop has begun already."""
+        if self.stopping:
+            self.log.info("{why} while stopping: already shutting down", why=why)
+            return
+        self.stopping = True
+        if why.startswith("SIG"):
+            self.log.info("Received {why}, shutting down.", why=why)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)

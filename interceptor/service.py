@@ -98,6 +98,7 @@ class ProxyService(Service):
         self.web_ports: list[IListeningPort] = []
         self._log_bridge: AddonLogBridge | None = None
         self.ready = False
+        self.stopper = process.Stopper(reactor, _log)
 
     def setServiceParent(self, parent: Any) -> Any:
         """Attach to twistd's application, and give it our stdout log observer.
@@ -118,6 +119,9 @@ class ProxyService(Service):
         # SIGTERM in between (an orchestrator that is quick to stop us) would kill the process
         # outright. Until the reactor takes over, it means "stop as soon as running".
         signal.signal(signal.SIGTERM, self._stop_when_running)
+        # (a worker leaves SIGINT ignored: its supervisor turns one into SIGTERM for it)
+        stop_signals = (signal.SIGTERM,) if self.worker is not None else process.STOP_SIGNALS
+        self.reactor.callWhenRunning(self.stopper.install, stop_signals)
         cfg = self.config
         if cfg.proxy.sigpipe == "close":
             self.registry = process.SocketRegistry()
@@ -204,7 +208,7 @@ class ProxyService(Service):
             self.ports.append(self._listen(description, factory, "proxy.listen"))
             _log.info("proxy listening on {endpoint}", endpoint=description)
         if self.worker is not None:
-            _watch_supervisor(self.reactor)
+            _watch_supervisor(self.reactor, self.stopper)
         self.ctx.learned = LearnedPassthrough(
             self.reactor, cfg.tls.learn_passthrough, cfg.tls.learn_passthrough_ttl
         )
@@ -267,7 +271,7 @@ class ProxyService(Service):
         return Access(cfg.allow, users)
 
     def _stop_when_running(self, signum: int, frame: Any) -> None:
-        self.reactor.callWhenRunning(self.reactor.stop)
+        self.stopper.stop("SIGTERM")
 
     def _listen(self, description: str, factory: IProtocolFactory, key: str) -> IListeningPort:
         return listen(self.reactor, description, factory, key)
@@ -516,7 +520,7 @@ def listen(reactor: Any, description: str, factory: IProtocolFactory, key: str) 
     return port
 
 
-def _watch_supervisor(reactor: Any) -> None:
+def _watch_supervisor(reactor: Any, stopper: process.Stopper) -> None:
     """A worker stops (draining) when its supervisor is gone: the pipe it has as stdin then
     closes, whatever killed the supervisor (even SIGKILL)."""
     from twisted.internet import process
@@ -528,9 +532,9 @@ def _watch_supervisor(reactor: Any) -> None:
             pass
 
         def childConnectionLost(self, name: str, reason: Failure) -> None:
-            if reactor.running:
+            if not stopper.stopping:
                 _log.warn("{text}", text="supervisor gone: this worker stops")
-                reactor.stop()
+                stopper.stop("supervisor gone")
 
     process.ProcessReader(reactor, Orphaned(), "stdin", 0).startReading()
 

@@ -113,9 +113,10 @@ def makeService(options: Options) -> IService:
     """Build the proxy service on the global reactor."""
     from twisted.internet import reactor
 
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if options["worker"] is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # A shell starts background jobs with SIGINT ignored, and Twisted then leaves it so:
         # such a proxy would never stop on SIGINT. mitmdump does; so does this, gracefully.
+        # (A worker ignores it on purpose: see workers._TWISTD.)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from .config import workers_wanted

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from . import tls
 from .config import Config, resolve_admin_listen, workers_wanted
 from .logs import StdoutObserver
+from .process import Stopper
 
 _log = Logger(namespace="interceptor")
 
@@ -50,9 +51,13 @@ MARGIN = 5.0
 
 # A worker is twistd run by this interpreter. CPython ignores SIGPIPE as it starts; a worker
 # begins with the disposition the supervisor was started with instead (as a proxy started
-# the same way would), and applies [proxy] sigpipe from there.
+# the same way would), and applies [proxy] sigpipe from there. It ignores SIGINT for its
+# whole life: a terminal's Ctrl-C goes to the whole process group, and the supervisor turns
+# it into the one SIGTERM each worker drains on (a SIGINT of its own would race that one, or
+# kill a worker that has just finished draining, when Twisted has put the default back).
 _TWISTD = (
     "import signal, sys; signal.signal(signal.SIGPIPE, signal.{disposition}); "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 )
 
@@ -192,6 +197,7 @@ class Supervisor(Service):
         self.admin_ports: list[IListeningPort] = []
         self.stopping = False
         self.ready = False
+        self.stopper = Stopper(reactor, _log)
         self.sockdir = ""
         # How SIGPIPE was set when this process started (twistd leaves it alone): the
         # workers start with the same.
@@ -230,6 +236,7 @@ class Supervisor(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.reactor.callWhenRunning(self.stopper.install)
         from .admin import supervisor_site
         from .service import StartupError, listen
 
@@ -299,7 +306,7 @@ class Supervisor(Service):
                 f"{now - deaths[0]:.0f} s): stopping the proxy",
             )
             self.failed = True
-            self.reactor.stop()
+            self.stopper.stop("a worker keeps dying")
             return
         delay = BACKOFF[min(len(deaths), len(BACKOFF)) - 1]
         _log.warn(

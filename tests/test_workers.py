@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.storm import fd_count, sigpipe_state
 from tests.support import (
@@ -258,3 +261,38 @@ def test_json_access_lines_carry_the_worker(
 
     entries = wait_for(lambda: len(access()) >= 10 and access() or None, TIMEOUT)
     assert {e["worker"] for e in entries} <= {1, 2} and all("id" in e for e in entries)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_twice_at_a_terminal_stops_every_worker_cleanly(
+    proxy_factory: Callable[..., ProxyProcess], workers: int
+) -> None:
+    # A terminal's Ctrl-C signals the whole process group, workers included, and an impatient
+    # user presses it again while the proxy drains (an exchange to an origin that never
+    # answers keeps it draining until shutdown_timeout).
+    proxy = proxy_factory(
+        "[proxy]\nshutdown_timeout = 3\n",
+        env={"INTERCEPTOR_PROXY_WORKERS": str(workers)},
+        popen_kwargs={"start_new_session": True},
+    )
+    if workers > 1:
+        started_workers(proxy, workers)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT)
+        conn.sendall(get(f"http://127.0.0.1:{silent.getsockname()[1]}/never"))
+        silent.settimeout(TIMEOUT)
+        upstream, _ = silent.accept()
+        os.killpg(proxy.pid, signal.SIGINT)
+        wait_for(
+            lambda: "draining: waiting" in proxy.log_text(), TIMEOUT, message=proxy.log_tail
+        )
+        os.killpg(proxy.pid, signal.SIGINT)
+        proxy.popen.wait(TIMEOUT)
+        upstream.close()
+        conn.close()
+    log = proxy.log_text()
+    assert proxy.returncode == 0, log
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log
+    assert log.count("SIGINT while stopping: already shutting down") == 1, log
+    if workers > 1:
+        assert len(re.findall(r"worker \d \(pid \d+\) exited with status 0", log)) == 2, log
