@@ -287,6 +287,9 @@ class Message:
     _version: str
     # While capture is on, the first bytes of a body that streamed (proxy.bodytap.BodyTap).
     tap: Any = None
+    # The head as the proxy sent it on (request line or status line, fields, blank line), once
+    # it was: what capture stores, sliced, instead of joining the fields again.
+    wire_head: bytes | None = None
 
     @property
     def http_version(self) -> str:

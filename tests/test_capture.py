@@ -175,6 +175,25 @@ def test_the_addon_makes_the_row_a_flow_record_would(tmp_path: Path) -> None:
     assert capture.row(bare, "passthrough") == expected.row()
 
 
+def test_heads_are_stored_as_sent_on_and_redacted_whatever_their_case(tmp_path: Path) -> None:
+    writer = Writer(str(tmp_path / "flows.db"))
+    writer.close()
+    capture = Capture(writer, Clock(), redact=["proxy-authorization", "cookie"])
+    fields = [(b"Host", b"a.test"), (b"PROXY-Authorization", b"Basic c2VjcmV0")]
+    sent = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nVia: 1.1 us\r\n\r\n"
+    # What went on, sliced: with the fields the proxy added (Via), without its first line.
+    assert capture._wire(sent, fields) == "Host: a.test\r\nVia: 1.1 us"
+    assert capture._wire(b"HTTP/1.1 204 No Content\r\n\r\n", []) is None
+    # A redacted name anywhere in the head, in any case: the fields, with its value hidden.
+    hidden = sent.replace(b"Via: 1.1 us", b"PROXY-Authorization: Basic c2VjcmV0")
+    assert capture._wire(hidden, fields) == "Host: a.test\r\nPROXY-Authorization: <redacted>"
+    assert "c2VjcmV0" not in capture._wire(b"GET / HTTP/1.1\r\ncookie: c2VjcmV0\r\n\r\n", [
+        (b"cookie", b"c2VjcmV0")
+    ])  # fmt: skip
+    # No wire head (the proxy answered itself, or an upstream proxy's credentials were in it).
+    assert capture._wire(None, fields) == "Host: a.test\r\nPROXY-Authorization: <redacted>"
+
+
 def test_flows_come_oldest_start_first_and_stores_merge_by_start(tmp_path: Path) -> None:
     # A long flow that started first ends, and is stored, after a short one started later.
     a = write_store(tmp_path / "a.db", [3, 1, 6])

@@ -9,6 +9,8 @@ and what a user sees when the upstream proxy says no: a 502 naming it and what i
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -72,9 +74,13 @@ def test_plain_and_intercepted_requests_go_through_tinyproxy_with_credentials(
     tinyproxy_auth: TinyProxy,
     origin: OriginServer,
     tls_origin: tuple[TLSOrigin, Path],
+    tmp_path: Path,
 ) -> None:
     tls, root = tls_origin
-    proxy = _start(proxy_factory, tinyproxy_auth.url, root)
+    # A capture store that redacts nothing: still, it never gets our upstream proxy's password.
+    store = tmp_path / "flows.db"
+    config = f'[capture]\nstore = "{store}"\nredact_headers = []\n'
+    proxy = _start(proxy_factory, tinyproxy_auth.url, root, config)
     url = origin.route("/plain", respond(b"through tinyproxy"))
     plain = _curl(proxy, url)
     assert plain.returncode == 0 and plain.stdout == b"through tinyproxy", plain
@@ -95,6 +101,19 @@ def test_plain_and_intercepted_requests_go_through_tinyproxy_with_credentials(
     lines = proxy.wait_for_access(lambda e: e.url in (url, secure), count=2)
     assert {e.via for e in lines} == {f"http://alice@127.0.0.1:{tinyproxy_auth.port}"}, lines
     assert "pw@" not in proxy.log_text()
+    heads: list[tuple[str, str]] = []
+
+    def stored() -> bool:
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            heads[:] = db.execute(
+                "SELECT url, request_headers FROM flows WHERE url IN (?, ?)", (url, secure)
+            ).fetchall()
+        return len(heads) == 2
+
+    wait_for(stored, TIMEOUT, message=lambda: f"stored: {heads}")
+    for stored_url, head in heads:
+        assert "proxy-authorization" not in head.lower(), (stored_url, head)
+        assert head.startswith("Host: ") or "\r\nHost: " in head, (stored_url, head)
 
 
 def test_a_wrong_password_is_a_502_saying_what_tinyproxy_answered(

@@ -51,6 +51,9 @@ class Capture:
         self.exclude = HostPatterns(tuple(exclude))
         self.redact = frozenset(name.lower().encode("latin-1") for name in redact)
         self._redact_lengths = frozenset(len(name) for name in self.redact)
+        # A redacted field in a lower-cased head: its name just after the LF that ends the
+        # line before (no value holds an LF, and the first line is never a field).
+        self._needles = tuple(b"\n" + name + b":" for name in self.redact)
 
     def requestheaders(self, flow: HTTPFlow) -> None:
         """A replay is marked, and its mark taken off before it goes upstream."""
@@ -104,7 +107,7 @@ class Capture:
         if req is not None:
             method = req.method
             url, host, version = req.url, req._host, req.http_version
-            request_head = self._head(req.headers.fields)
+            request_head = self._wire(req.wire_head, req.headers.fields)
             request_body, request_cut = self._body(req)
             request_end = req.timestamp_end
             if kind is None:
@@ -134,7 +137,7 @@ class Capture:
                     tls_done = setup[2]
         if resp is not None:
             reason = resp.reason
-            response_head = self._head(resp.headers.fields)
+            response_head = self._wire(resp.wire_head, resp.headers.fields)
             response_body, response_cut = self._body(resp)
             response_start = resp.timestamp_start
         stored = (len(request_body) if request_body is not None else 0) + (
@@ -164,6 +167,20 @@ class Capture:
                 [n + b": " + (_REDACTED if n.lower() in hidden else v) for n, v in fields]
             )
         return block.decode("latin-1") if block else None
+
+    def _wire(self, head: bytes | None, fields: HeaderFields) -> str | None:
+        """A message's "Name: value" block: sliced out of `head`, the bytes sent on (first
+        line, fields, blank line), or made of `fields` when there is no such head or a
+        redacted header is in it. The slice is made in C: joining the fields in Python cost
+        2,000 instructions a field, half of capture's work in the reactor for a small GET."""
+        if head is None:
+            return self._head(fields)
+        if self._needles:
+            lowered = head.lower()
+            for needle in self._needles:
+                if needle in lowered:
+                    return self._head(fields)
+        return head[head.find(b"\n") + 1 : -4].decode("latin-1") or None
 
     def _body(self, message: Message) -> tuple[bytes | None, bool]:
         raw = message._content

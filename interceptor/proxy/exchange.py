@@ -243,6 +243,7 @@ class Exchange(ResponseSide):
                 self.answer_error(502, f"flow.server_conn.via: {e}")
                 return
         key_scheme = scheme
+        credentials = None
         if route is not None and route.http and scheme == "http":
             if self.head.upgrade:
                 # A WebSocket (or any upgrade) goes through a tunnel, as browsers send it:
@@ -257,6 +258,9 @@ class Exchange(ResponseSide):
                     fields = [*fields, (b"Proxy-Authorization", credentials)]
         head_bytes = http1.request_head(method.encode("ascii"), target, fields)
         self._request_bytes = head_bytes + body if body else head_bytes
+        if ctx.hooks.tap_limit and credentials is None:
+            # For capture (never the head with our upstream proxy's credentials in it).
+            req.wire_head = head_bytes
         self._key = (key_scheme, host, req._port, route)
         conn = ctx.pool.acquire(self._key, self)
         if conn is None:

@@ -434,6 +434,8 @@ class ResponseSide:
         data, self.out_framing, self.keep_alive = http1.client_response_head(
             resp._status, resp._reason, fields, framing, self.http10, self.keep_alive
         )
+        if self.ctx.hooks.tap_limit:
+            resp.wire_head = data  # for capture
         self.flow.status = resp._status
         self._to(Step.RESPOND)
         self.session.client.write(data)
