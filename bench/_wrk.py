@@ -1,18 +1,20 @@
 """wrk as the load generator of ``bench/throughput.py --loadgen wrk`` (not a test; pytest never
 collects it).
 
-Why wrk: the asyncio load generator costs ~22 µs of CPU per request, and on a 2-core machine
-that is CPU the proxy's workers do not get. wrk (C, epoll; Debian's package ``wrk``, 4.1) costs
-a fraction of that. Installed by hand only (``apt-get install wrk``): no test needs it.
+Why wrk: at the proxy's rates the asyncio load generator costs ~20 µs of CPU per request, and
+on a 2-core machine that is CPU the proxy's workers do not get. wrk (C, epoll; Debian's package
+``wrk``, 4.1) costs about half that. Installed by hand only (``apt-get install wrk``): no test
+needs it.
 
 How it is driven, for the same semantics as the asyncio one: ``--clients`` keep-alive
 connections (``wrk -c``), one request outstanding on each, for whole seconds (``wrk -d``; wrk
 sleeps whole seconds, so fractions cannot be asked for). The request is the one the asyncio
 generator sends, given to wrk by a generated Lua script that sets ``wrk.method``,
-``wrk.path`` (the absolute-form target through a forward proxy) and ``wrk.headers``. The
-script defines no ``request()``: wrk 4.1 then builds the request once per thread
-(``wrk.format()`` in ``wrk.init``) and writes the same bytes on every request, with no Lua on
-the hot path; nor ``response()``, which would make wrk hand every header and body to Lua.
+``wrk.path`` (the absolute-form target through a forward proxy) and ``wrk.headers`` (a Lua
+table: wrk may send the headers in another order). The script defines no ``request()``: wrk
+4.1 then builds the request once per thread (``wrk.format()`` in ``wrk.init``) and writes the
+same bytes on every request, with no Lua on the hot path; nor ``response()``, which would make
+wrk hand every header and body to Lua.
 
 What comes back is written by the script's ``done()`` as JSON: wrk's request count, duration,
 bytes, errors, and its latency histogram, read through LuaJIT's FFI (see :data:`_LUA_DONE`)

@@ -19,11 +19,12 @@ httptools to parse responses).
 
 ``--loadgen wrk`` makes the load generator wrk instead (``apt-get install wrk``; a run without
 it fails with one line saying so; ``bench/_wrk.py`` drives it): the same ``--clients``
-keep-alive connections with one request outstanding each, the same request bytes (given to wrk
-by a generated Lua script with no ``request()`` function, so wrk sends one pre-built request
-with no Lua per request), one thread (``--wrk-threads``, 1 by default) and whole seconds only
-(``--duration`` and ``--warmup``). Why: the asyncio generator costs ~22 µs of CPU per request,
-wrk about a third of that, and on a 2-core machine that is CPU the proxy does not get. What
+keep-alive connections with one request outstanding each, the same request line and headers
+(set by a generated Lua script with no ``request()`` function, so wrk sends one pre-built
+request with no Lua per request; it may order the headers differently), one thread
+(``--wrk-threads``, 1 by default) and whole seconds only (``--duration`` and ``--warmup``).
+Why: at the proxy's rates the asyncio generator costs ~20 µs of CPU per request and wrk ~11,
+and on a 2-core machine that is CPU the proxy's workers do not get. What
 differs: the proxy's, origin's and machine's CPU are read by this driver just before wrk
 starts and just after it is reaped, and wrk's CPU is its whole life's (``wait4``), so the round
 runs a few ms longer than wrk's own clock says (in the round's ``loadgen_report``); latencies
@@ -977,7 +978,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-requests",
         type=int,
         default=2_000_000,
-        help="safety cap on requests per round (latencies are kept in memory)",
+        help=(
+            "safety cap on requests per round (latencies are kept in memory); wrk ends by time "
+            "alone, so with --loadgen wrk it caps the latencies kept (scaled down alike)"
+        ),
     )
     parser.add_argument(
         "--proxy-cmd",
@@ -1017,8 +1021,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=LOADGENS,
         default=LOADGENS[0],
         help=(
-            "the load generator: python (asyncio, in its own process; ~22 µs of CPU per "
-            "request) or wrk (C, epoll: a fraction of that, so more of the CPUs is left to the "
+            "the load generator: python (asyncio, in its own process; ~20 µs of CPU per "
+            "request) or wrk (C, epoll: about half that, so more of the CPUs is left to the "
             f"proxy; {WRK_INSTALL}); wrk runs whole seconds, so --duration and --warmup must be"
         ),
     )
