@@ -27,7 +27,7 @@ Why: at the proxy's rates the asyncio generator costs ~20 µs of CPU per request
 and on a 2-core machine that is CPU the proxy's workers do not get. What
 differs: the proxy's, origin's and machine's CPU are read by this driver just before wrk
 starts and just after it is reaped, and wrk's CPU is its whole life's (``wait4``), so the round
-runs a few ms longer than wrk's own clock says (in the round's ``loadgen_report``); latencies
+runs ~10 ms longer than wrk's own clock says (in the round's ``loadgen_report``); latencies
 are wrk's 1 µs histogram with wrk's coordinated-omission correction undone (raw, like the
 asyncio generator's); errors are wrk's (connect, read, write, timeout past 10 s, and statuses
 over 399: wrk does not check body sizes, the warm-up request does); it counts no reconnects.
@@ -772,8 +772,8 @@ def run_wrk_round(
 
     The CPU readings bracket wrk's whole life, so all of its CPU (from ``wait4``) falls
     inside the window that the proxy's, the origin's and the machine's are read over; the
-    window is the round's elapsed time too (wrk's own clock, a few ms shorter, is in its
-    report).
+    window is the round's elapsed time too (wrk's own clock, ~10 ms shorter: its start-up,
+    connects and done(), is in its report).
     """
     wrk = WrkRound(
         args.wrk,
