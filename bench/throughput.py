@@ -17,6 +17,21 @@ the origin (``_common.py origin``), the proxy (twistd), and a load generator per
 file with a hidden ``--loadgen-worker`` flag: asyncio protocols, pre-built request bytes,
 httptools to parse responses).
 
+``--loadgen wrk`` makes the load generator wrk instead (``apt-get install wrk``; a run without
+it fails with one line saying so; ``bench/_wrk.py`` drives it): the same ``--clients``
+keep-alive connections with one request outstanding each, the same request line and headers
+(set by a generated Lua script with no ``request()`` function, so wrk sends one pre-built
+request with no Lua per request; it may order the headers differently), one thread
+(``--wrk-threads``, 1 by default) and whole seconds only (``--duration`` and ``--warmup``).
+Why: at the proxy's rates the asyncio generator costs ~20 µs of CPU per request and wrk ~11,
+and on a 2-core machine that is CPU the proxy's workers do not get. What differs: the
+proxy's, origin's and machine's CPU are read by this driver just before wrk starts and just
+after it is reaped, and wrk's CPU is its whole life's (``wait4``), so the round runs ~10 ms
+longer than wrk's own clock says (in the round's ``loadgen_report``); latencies are wrk's 1 µs
+histogram with wrk's coordinated-omission correction undone (raw, like the asyncio
+generator's); errors are wrk's (connect, read, write, timeout past 10 s, and statuses over
+399: wrk does not check body sizes, the warm-up request does); it counts no reconnects.
+
 Run from the repository root::
 
     /work/venv/bin/python bench/throughput.py                  # start the proxy with twistd
@@ -25,6 +40,7 @@ Run from the repository root::
     /work/venv/bin/python bench/throughput.py --compare main~3     # this tree versus main~3
     /work/venv/bin/python bench/throughput.py --variants epoll,asyncio,epoll+demo --body html
     /work/venv/bin/python bench/throughput.py --workers 1,2
+    /work/venv/bin/python bench/throughput.py --workers 1,2 --loadgen wrk
 
 ``--compare REV`` exports revision REV's tree (``git archive``) to the run's temporary directory
 and starts a second proxy from it the same way (same twistd, config and environment, its own
@@ -153,11 +169,14 @@ from _common import (
     workers_scaling,
     write_json,
 )
+from _wrk import WRK_INSTALL, WrkRound, expand_latencies, find_wrk, wrk_version
 
 #: The goal printed under the table.
 GOAL_CPU_US_PER_REQUEST = 150.0
 DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "throughput.json"
 MODES = ("direct", "proxy")
+#: ``--loadgen`` choices; the first is the default.
+LOADGENS = ("python", "wrk")
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,6 +677,8 @@ class RoundResult:
     proxy_cpu_by_process: dict[str, float] = field(default_factory=dict)
     machine_busy_s: float | None = None  # all CPUs, everything but idle and iowait
     machine_total_s: float | None = None  # all CPUs, busy or not
+    # With --loadgen wrk, wrk's own figures (its clock, bytes, its CPU, ...); None otherwise.
+    loadgen_report: dict[str, Any] | None = None
     latencies: array[float] = field(repr=False, default_factory=lambda: array("d"))
 
     def to_json(self) -> dict[str, Any]:
@@ -674,27 +695,33 @@ def run_round(
     origin: tuple[subprocess.Popen[bytes], int],
     duration: float,
 ) -> RoundResult:
-    """Run one load-generator process against ``target`` and collect its numbers."""
+    """Run one load-generator process (``--loadgen``) against ``target`` and collect its
+    numbers."""
     origin_process, origin_port = origin
-    latency_path = workdir / f"latencies-{mode}-{round_no}.bin"
     pids = {"origin": origin_process.pid}
     if target.pid is not None:
         pids["proxy"] = target.pid
-    spec = LoadSpec(
-        host=target.host,
-        port=target.port,
-        request=target.request.decode("latin-1"),
-        size=target.expected.wire_size,
-        clients=args.clients,
-        duration=duration,
-        max_requests=args.max_requests,
-        latency_path=str(latency_path),
-        cpu_pids=pids,
-    )
     before = origin_stats(origin_port)
-    summary = run_loadgen(__file__, spec, duration)
+    if args.loadgen == "wrk":
+        summary, latencies = run_wrk_round(
+            target, args, workdir, f"{mode}-{round_no}", duration, pids
+        )
+    else:
+        latency_path = workdir / f"latencies-{mode}-{round_no}.bin"
+        spec = LoadSpec(
+            host=target.host,
+            port=target.port,
+            request=target.request.decode("latin-1"),
+            size=target.expected.wire_size,
+            clients=args.clients,
+            duration=duration,
+            max_requests=args.max_requests,
+            latency_path=str(latency_path),
+            cpu_pids=pids,
+        )
+        summary = run_loadgen(__file__, spec, duration)
+        latencies = read_float_array(latency_path)
     after = origin_stats(origin_port)
-    latencies = read_float_array(latency_path)
     p50, p99 = percentiles(latencies, [50, 99])
     cpu = summary["cpu_seconds"]
     tree = summary["cpu_trees"].get("proxy")
@@ -727,8 +754,59 @@ def run_round(
         proxy_cpu_by_process=by_process,
         machine_busy_s=machine[0] if machine else None,
         machine_total_s=machine[1] if machine else None,
+        loadgen_report=summary.get("loadgen_report"),
         latencies=latencies,
     )
+
+
+def run_wrk_round(
+    target: Target,
+    args: argparse.Namespace,
+    workdir: Path,
+    name: str,
+    duration: float,
+    pids: dict[str, int],
+) -> tuple[dict[str, Any], array[float]]:
+    """One round with wrk as the load generator: a summary shaped like the asyncio
+    generator's (:func:`run_load`) and the latencies.
+
+    The CPU readings bracket wrk's whole life, so all of its CPU (from ``wait4``) falls
+    inside the window that the proxy's, the origin's and the machine's are read over; the
+    window is the round's elapsed time too (wrk's own clock, ~10 ms shorter: its start-up,
+    connects and done(), is in its report).
+    """
+    wrk = WrkRound(
+        args.wrk,
+        target.host,
+        target.port,
+        target.request,
+        clients=args.clients,
+        duration=int(duration),
+        threads=args.wrk_threads,
+        workdir=workdir,
+        name=name,
+    )
+    cpu0 = _cpu_snapshot(pids)
+    t0 = time.perf_counter()
+    wrk.run()
+    t1 = time.perf_counter()
+    cpu1 = _cpu_snapshot(pids)
+    result = wrk.result()
+    used = _cpu_used(cpu0, cpu1)
+    # The driver's own CPU is what _cpu_snapshot read as the load generator's.
+    used["seconds"]["loadgen"] = result.cpu_s
+    summary = {
+        "requests": result.requests,
+        "elapsed": t1 - t0,
+        "errors": result.errors,
+        # wrk reconnects without counting it; a close that cut a response is a read error.
+        "reconnects": 0,
+        "cpu_seconds": used["seconds"],
+        "cpu_trees": used["trees"],
+        "machine_cpu_seconds": used["machine"],
+        "loadgen_report": result.report(),
+    }
+    return summary, expand_latencies(result.latency_us, args.max_requests)
 
 
 def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
@@ -900,7 +978,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-requests",
         type=int,
         default=2_000_000,
-        help="safety cap on requests per round (latencies are kept in memory)",
+        help=(
+            "safety cap on requests per round (latencies are kept in memory); wrk ends by time "
+            "alone, so with --loadgen wrk it caps the latencies kept (scaled down alike)"
+        ),
     )
     parser.add_argument(
         "--proxy-cmd",
@@ -935,6 +1016,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "proxy's CPU is its supervisor's and every worker's"
         ),
     )
+    parser.add_argument(
+        "--loadgen",
+        choices=LOADGENS,
+        default=LOADGENS[0],
+        help=(
+            "the load generator: python (asyncio, in its own process; ~20 µs of CPU per "
+            "request) or wrk (C, epoll: about half that, so more of the CPUs is left to the "
+            f"proxy; {WRK_INSTALL}); wrk runs whole seconds, so --duration and --warmup must be "
+            "whole numbers"
+        ),
+    )
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        metavar="N",
+        help=(
+            "with --loadgen wrk: wrk's threads (-t), 1 by default: one keeps up with the proxy "
+            "at the least CPU per request (2 cost ~5%% more here and gained nothing)"
+        ),
+    )
     add_proxy_bench_args(
         parser,
         default_json=DEFAULT_JSON,
@@ -943,6 +1044,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.loadgen_worker:
         return args
+    wrk = args.loadgen == "wrk"
     check_args(
         parser,
         [
@@ -957,8 +1059,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 not (args.proxy_url and args.compare),
                 "--compare starts both proxies itself, so it excludes --proxy-url",
             ),
+            (wrk or args.wrk_threads is None, "--wrk-threads goes with --loadgen wrk"),
+            (
+                not wrk or (args.duration >= 1 and args.duration.is_integer()),
+                "--loadgen wrk runs whole seconds: --duration must be a whole number",
+            ),
+            (
+                not wrk or args.warmup.is_integer(),
+                "--loadgen wrk runs whole seconds: --warmup must be a whole number (or 0)",
+            ),
+            (
+                not wrk or args.wrk_threads is None or 1 <= args.wrk_threads <= args.clients,
+                "--wrk-threads must be between 1 and --clients",
+            ),
         ],
     )
+    args.wrk = None
+    if wrk:
+        args.wrk_threads = args.wrk_threads or 1
+        args.wrk = find_wrk()
+        if args.wrk is None:
+            parser.exit(2, f"{parser.prog}: error: --loadgen wrk: no wrk here; {WRK_INSTALL}\n")
     args.compare_rev = compare_arg(parser, args)
     args.variant_list = variants_arg(parser, args)
     if args.proxy_url:
@@ -1153,9 +1274,20 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = load_baseline(
         args.baseline,
-        {key: getattr(args, key) for key in ("clients", "size", "body", "gzip", "duration")},
+        {
+            key: getattr(args, key)
+            for key in ("clients", "size", "body", "gzip", "duration", "loadgen")
+        },
     )
     body = origin_body(args.size, args.body, args.gzip)
+    loadgen_desc = "load generator: python (asyncio)"
+    if args.wrk is not None:
+        try:
+            version = wrk_version(args.wrk)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        loadgen_desc = f"load generator: {version or args.wrk}, {args.wrk_threads} thread(s)"
     load = load_average()
     note = load_note(load)
     if note:
@@ -1252,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(
                 f"load: {args.clients} keep-alive clients, {args.duration:g} s per round, "
-                f"{args.rounds} round(s) of each mode, on {os.cpu_count()} CPUs"
+                f"{args.rounds} round(s) of each mode, on {os.cpu_count()} CPUs; {loadgen_desc}"
             )
             width = max(7, *(len(mode) for mode in modes))
             if args.warmup > 0:
@@ -1379,6 +1511,9 @@ def main(argv: list[str] | None = None) -> int:
             "compare": args.compare,
             "variants": [v.name for v in variants] if variants is not None else None,
             "workers": args.workers,
+            "loadgen": args.loadgen,
+            "loadgen_desc": loadgen_desc,
+            "wrk_threads": args.wrk_threads,
         },
         "rounds": [r.to_json() for r in rounds],
         # With --variants, keyed by variant name beside "direct" (there is no "proxy").
