@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import re
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from interceptor.capture.store import FlowRecord, Writer, connect
 from interceptor.capture.views import body_view
 from interceptor.web import api
 from tests.support import OriginServer, ProxyProcess, respond, run_curl, wait_for
+from tests.test_backpressure import rss
 
 TIMEOUT = 20.0
 
@@ -254,3 +257,57 @@ def test_without_capture_the_ui_says_how_to_turn_it_on(
     status, _, body = ui.request("/api/flows")
     assert status == 409 and b"[capture] store" in body
     ui.proxy.wait_for_log(r"web UI: \[capture\] store is empty")
+
+
+def _big_store(path: Path, flows: int, body: int) -> None:
+    """`flows` flows of `body` random bytes each (base64 in HAR: a third more)."""
+    writer = Writer(str(path))
+    for i in range(flows):
+        record = FlowRecord(
+            id=f"big{i:04d}", kind="http", started=float(i), ended=i + 0.5, client="c",
+            method="GET", url=f"http://big.test/{i}", host="big.test", status=200,
+            response_headers=[("Content-Type", "application/octet-stream")],
+            response_body=os.urandom(body), response_size=body,
+        )  # fmt: skip
+        wait_for(lambda r=record: writer.put(r), TIMEOUT)  # (a full queue: offer it again)
+    writer.close(TIMEOUT)
+
+
+def test_a_har_export_goes_no_faster_than_its_client_reads_and_stops_when_it_leaves(
+    tmp_path: Path, proxy_factory: Callable[..., ProxyProcess]
+) -> None:
+    # 250 flows of 200 KiB: a 68 MB export. Without backpressure it all waits in the UI's
+    # transport for a client that reads slowly, or is written on for one that has left.
+    _big_store(tmp_path / "flows.db", 250, 200 * 1024)
+    ui = start_ui(proxy_factory, tmp_path)
+    baseline = rss(ui.proxy.pid)
+    headers = {"Host": f"127.0.0.1:{ui.port}", "Authorization": f"Bearer {ui.token}"}
+    slow = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=TIMEOUT)
+    slow.sock = sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", ui.port))
+    try:
+        slow.request("GET", "/api/har", headers=headers)
+        resp = slow.getresponse()
+        assert resp.status == 200
+        first = resp.read(65536)
+        # The client reads nothing for a while: the export must wait, not buffer.
+        peak = baseline
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            peak = max(peak, rss(ui.proxy.pid))
+        assert peak - baseline < 40 << 20, f"RSS grew {(peak - baseline) >> 20} MiB"
+        har = json.loads(first + resp.read())
+    finally:
+        slow.close()
+    assert len(har["log"]["entries"]) == 250
+    # A client that leaves mid-export: the export stops, and the UI serves the next one.
+    ask = "GET /api/har HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=TIMEOUT) as gone:
+        gone.sendall(ask.encode() + b"\r\n")
+        assert gone.recv(65536).startswith(b"HTTP/1.1 200")
+    ui.proxy.wait_for_log(r"web: HAR export \S+ stopped: the client went away")
+    assert ui.json("/api/flows")["flows"]
+    wait_for(lambda: rss(ui.proxy.pid) - baseline < 40 << 20, TIMEOUT)
+    assert "Traceback" not in ui.proxy.log_text(), ui.proxy.log_tail()

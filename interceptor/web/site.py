@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, TextIO, cast
@@ -191,27 +192,75 @@ class _Stream:
         self.ui.unsubscribe(self)
 
 
+class ClientGone(Exception):
+    """The client of a streamed export went away: the export stops where it is."""
+
+
 class _TextToRequest(io.TextIOBase):
-    """A text stream, written in a thread, whose writes go out on a request in the reactor."""
+    """A text stream, written in a thread, whose writes go out on a request in the reactor,
+    no faster than the client reads them.
+
+    An export of a large store is far bigger than memory should hold: the request pauses and
+    resumes this as its transport fills and drains (a streaming producer), and the writing
+    thread waits while it is paused, with at most `_AHEAD` chunks handed to the reactor and
+    not yet written. When the client is gone, the next write raises ClientGone."""
+
+    _CHUNK = 64 * 1024
+    _AHEAD = 4
+    _STALL = 60.0  # seconds a client may read nothing before the export gives up on it
 
     def __init__(self, reactor: Any, request: Request) -> None:
         self.reactor = reactor
         self.request = request
         self._pending: list[str] = []
         self._size = 0
+        self._writable = threading.Event()
+        self._writable.set()
+        self._ahead = threading.BoundedSemaphore(self._AHEAD)
+        self.gone = False
+        request.registerProducer(self, True)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+
+    # IPushProducer, called by the request in the reactor.
+    def pauseProducing(self) -> None:
+        self._writable.clear()
+
+    def resumeProducing(self) -> None:
+        self._writable.set()
+
+    def stopProducing(self) -> None:
+        self.gone = True
+        self._writable.set()
 
     def write(self, text: str) -> int:
         self._pending.append(text)
         self._size += len(text)
-        if self._size >= 64 * 1024:
+        if self._size >= self._CHUNK:
             self.flush()
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
-            data = "".join(self._pending).encode("utf-8")
-            self._pending, self._size = [], 0
-            self.reactor.callFromThread(self.request.write, data)
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8")
+        self._pending, self._size = [], 0
+        if not (self._writable.wait(self._STALL) and self._ahead.acquire(timeout=self._STALL)):
+            raise ClientGone("the client read nothing for a minute")
+        if self.gone:
+            self._ahead.release()
+            raise ClientGone("the client went away")
+        self.reactor.callFromThread(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        self._ahead.release()
+        if not self.gone:
+            self.request.write(data)
+
+    def finish(self) -> None:
+        """In the reactor, once the export is written: the request is done."""
+        if not self.gone:
+            self.request.unregisterProducer()
+            self.request.finish()
 
 
 class _Root(Resource):
@@ -344,8 +393,16 @@ class _Root(Resource):
             out.flush()
             return count
 
+        def failed(failure: Failure) -> None:
+            if failure.check(ClientGone):  # (nobody left to tell but the log)
+                _log.info("web: HAR export {name} stopped: {why}", name=name, why=failure.value)
+                return
+            if not out.gone:
+                request.unregisterProducer()
+            _failed_with(failure, request)
+
         d = self.ui.run(export)
-        d.addCallbacks(lambda _: request.finish(), _failed_with, (), {}, (request,))
+        d.addCallbacks(lambda _: out.finish(), failed)
         return NOT_DONE_YET
 
     def _replay(self, request: Request, flow_id: str) -> int:
