@@ -857,12 +857,27 @@ class _Connection:
 class Client(_Connection):
     """The client's connection to the proxy (one per connection, shared by its flows)."""
 
-    __slots__ = ("_leg", "timestamp_start", "_id")
+    __slots__ = ("_leg", "timestamp_start", "_id", "_tls_done")
 
-    def __init__(self, leg: Any, timestamp_start: float) -> None:
+    def __init__(self, leg: Any, timestamp_start: float, tls_known: bool = False) -> None:
         self._leg = leg
         self.timestamp_start = timestamp_start
         self._id: str | None = None
+        # Whether the TLS handshake completed, as the proxy's own client leg reports it
+        # (`tls_known`: it calls handshake_completed), or None: ask the transport. The access
+        # log and capture ask for every request, and the transport took 3,500 instructions
+        # to say a plain connection is plain.
+        self._tls_done: bool | None = False if tls_known else None
+
+    def handshake_completed(self) -> None:
+        """The client's TLS handshake with the proxy completed (the proxy's leg says so)."""
+        self._tls_done = True
+
+    @property
+    def tls_established(self) -> bool:
+        """A TLS handshake completed on this connection."""
+        done = self._tls_done
+        return done if done is not None else _Connection.tls_established.fget(self)  # type: ignore[attr-defined]
 
     @property
     def id(self) -> str:

@@ -5,9 +5,11 @@ shows the POST, exports a HAR the schema accepts, and replays the POST through t
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -112,6 +114,17 @@ def test_a_new_user_records_lists_shows_exports_and_replays(
         (line,) = [line for line in lines if f" {url} " in line]
         assert f" {url} {status} " in line, line
     post_id = next(line.split()[0] for line in lines if upload_url in line)
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        kinds = dict(
+            db.execute(
+                "SELECT url, kind FROM flows WHERE url IN (?, ?)", (page_url, upload_url)
+            ).fetchall()
+        )
+        (client_tls,) = db.execute(
+            "SELECT client_tls FROM flows WHERE url = ?", (upload_url,)
+        ).fetchone()
+    assert kinds == {page_url: "http", upload_url: "intercepted"}, kinds
+    assert json.loads(client_tls)["version"].startswith("TLSv1."), client_tls
 
     shown = interceptor("flows", "show", str(store), post_id[-8:])  # ids end apart
     assert shown.returncode == 0, shown.stderr

@@ -114,6 +114,7 @@ class ClientConnection(Leg):
             transport.protocol.dataReceived(leftover)
 
     def handshakeCompleted(self) -> None:
+        self.session.client_conn.handshake_completed()  # (what Client.tls_established reads)
         # The client accepted the leaf we minted for this host.
         if self._tls_host is not None:
             self.ctx.learned.accepted(self._tls_host)

@@ -56,7 +56,7 @@ class Session:
     def __init__(self, ctx: ProxyContext, client: ClientConnection) -> None:
         self.ctx = ctx
         self.client = client
-        self.client_conn = Client(client, ctx.clock.seconds())  # what addons see of it
+        self.client_conn = Client(client, ctx.clock.seconds(), tls_known=True)  # addons see it
         self.reader = http1.RequestReader()
         self.events: deque[RequestEvent] = deque()
         self.exchanges: deque[Exchange] = deque()  # [0] is being answered, the rest wait
