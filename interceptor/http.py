@@ -877,7 +877,7 @@ class Client(_Connection):
     def tls_established(self) -> bool:
         """A TLS handshake completed on this connection."""
         done = self._tls_done
-        return done if done is not None else _Connection.tls_established.fget(self)  # type: ignore[attr-defined]
+        return done if done is not None else super().tls_established
 
     @property
     def id(self) -> str:
