@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from interceptor.capture.store import FlowRecord, Writer, connect
 from interceptor.capture.views import body_view
@@ -311,3 +312,57 @@ def test_a_har_export_goes_no_faster_than_its_client_reads_and_stops_when_it_lea
     assert ui.json("/api/flows")["flows"]
     wait_for(lambda: rss(ui.proxy.pid) - baseline < 40 << 20, TIMEOUT)
     assert "Traceback" not in ui.proxy.log_text(), ui.proxy.log_tail()
+
+
+class _StubTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _StubRequest:
+    """What the export stream uses of a twisted.web request (its state only)."""
+
+    def __init__(self) -> None:
+        self.transport = _StubTransport()
+        self.producer: object = None
+        self.written: list[bytes] = []
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def notifyFinish(self) -> Deferred[None]:
+        return Deferred()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class _NowReactor:
+    def callFromThread(self, fn: Callable[..., object], *args: object) -> None:
+        fn(*args)
+
+
+def test_an_export_to_a_client_that_stops_reading_gives_up_and_aborts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from interceptor.web.site import ClientGone, _TextToRequest
+
+    monkeypatch.setattr(_TextToRequest, "_STALL", 0.05)
+    request = _StubRequest()
+    out = _TextToRequest(_NowReactor(), request)  # type: ignore[arg-type]
+    out.write("a" * 10)
+    out.flush()
+    assert request.written == [b"a" * 10] and request.producer is out
+    out.pauseProducing()  # the client's buffers are full, and it reads nothing more
+    out.write("b")
+    with pytest.raises(ClientGone, match="read nothing"):
+        out.flush()
+    # Not left open for good: its connection is aborted, the producer gone, nothing written.
+    assert request.transport.aborted and request.producer is None and out.gone
+    assert request.written == [b"a" * 10]

@@ -26,6 +26,7 @@ from typing import Any, TextIO, cast
 from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -245,6 +246,8 @@ class _TextToRequest(io.TextIOBase):
         data = "".join(self._pending).encode("utf-8")
         self._pending, self._size = [], 0
         if not (self._writable.wait(self._STALL) and self._ahead.acquire(timeout=self._STALL)):
+            # Still connected, reading nothing: its connection would stay open for good.
+            self.reactor.callFromThread(self._abandon)
             raise ClientGone("the client read nothing for a minute")
         if self.gone:
             self._ahead.release()
@@ -255,6 +258,14 @@ class _TextToRequest(io.TextIOBase):
         self._ahead.release()
         if not self.gone:
             self.request.write(data)
+
+    def _abandon(self) -> None:
+        if not self.gone:
+            self.gone = True
+            self.request.unregisterProducer()
+            transport = self.request.transport
+            if transport is not None:
+                cast(ITCPTransport, transport).abortConnection()
 
     def finish(self) -> None:
         """In the reactor, once the export is written: the request is done."""
