@@ -171,8 +171,9 @@ class Capture:
     def _wire(self, head: bytes | None, fields: HeaderFields) -> str | None:
         """A message's "Name: value" block: sliced out of `head`, the bytes sent on (first
         line, fields, blank line), or made of `fields` when there is no such head or a
-        redacted header is in it. The slice is made in C: joining the fields in Python cost
-        2,000 instructions a field, half of capture's work in the reactor for a small GET."""
+        redacted header is in it. The slice is made in C, where joining the fields again in
+        Python cost ~1,600 instructions a field (a 12-field browser head: 11,600 instead of
+        19,200; for a 3-field one the two cost the same)."""
         if head is None:
             return self._head(fields)
         if self._needles:
