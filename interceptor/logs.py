@@ -85,6 +85,15 @@ class StdoutObserver:
         return f"{self._stamp} [{event.get('log_namespace', '-')}#{level}{self._tag}] {text}\n"
 
 
+def observe_stdout(parent: Any, fmt: str, worker: int | None = None) -> None:
+    """Give twistd's application `parent` our stdout observer: twistd uses an application's
+    ILogObserver component instead of its own stdout writer, which is how `[log] format` and
+    the never-block/never-die stdout rule take effect."""
+    setComponent = getattr(parent, "setComponent", None)
+    if setComponent is not None:
+        setComponent(ILogObserver, StdoutObserver(fmt, worker=worker))
+
+
 _LEGACY_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure"})
 _SCALARS = (str, int, float, bool, type(None))
 

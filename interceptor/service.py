@@ -21,7 +21,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints, threads
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import process, tls
@@ -34,7 +34,7 @@ from .capture.addon import Capture
 from .capture.store import StoreError, Writer
 from .config import Config, resolve_admin_listen
 from .hosts import HostPatterns, IPAddress, parse_ip
-from .logs import AddonLogBridge, StdoutObserver
+from .logs import AddonLogBridge, observe_stdout
 from .proxy.context import OwnAddresses, ProxyContext, TunnelOwner
 from .proxy.downstream import ProxyFactory
 from .proxy.passthrough import LearnedPassthrough
@@ -101,14 +101,8 @@ class ProxyService(Service):
         self.stopper = process.Stopper(reactor, _log)
 
     def setServiceParent(self, parent: Any) -> Any:
-        """Attach to twistd's application, and give it our stdout log observer.
-
-        twistd uses an application's ILogObserver component instead of its own stdout writer,
-        which is how `[log] format` and the never-block/never-die stdout rule take effect.
-        """
-        setComponent = getattr(parent, "setComponent", None)
-        if setComponent is not None:
-            setComponent(ILogObserver, StdoutObserver(self.config.log.format, worker=self.worker))
+        """Attach to twistd's application, and give it our stdout log observer."""
+        observe_stdout(parent, self.config.log.format, self.worker)
         return super().setServiceParent(parent)
 
     # -- start ---------------------------------------------------------------------------------

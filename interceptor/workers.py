@@ -31,12 +31,12 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import tls
 from .config import Config, resolve_admin_listen, workers_wanted
-from .logs import StdoutObserver
+from .logs import observe_stdout
 from .process import Stopper
 
 _log = Logger(namespace="interceptor")
@@ -208,9 +208,7 @@ class Supervisor(Service):
 
     def setServiceParent(self, parent: Any) -> Any:
         """Attach to twistd's application with our stdout log observer (as ProxyService)."""
-        setComponent = getattr(parent, "setComponent", None)
-        if setComponent is not None:
-            setComponent(ILogObserver, StdoutObserver(self.config.log.format))
+        observe_stdout(parent, self.config.log.format)
         return super().setServiceParent(parent)
 
     def prepare(self) -> None:
