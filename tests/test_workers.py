@@ -163,8 +163,6 @@ def _one_error_line(result: object) -> str:
 
 
 def test_a_busy_port_is_one_line_before_any_worker_starts(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -180,8 +178,6 @@ def test_a_busy_port_is_one_line_before_any_worker_starts(tmp_path: Path) -> Non
 def test_a_busy_admin_port_stops_the_supervisor_before_the_proxy_port_exists(
     tmp_path: Path,
 ) -> None:
-    import socket
-
     proxy_port = free_port()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
