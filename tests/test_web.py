@@ -314,19 +314,19 @@ def test_a_har_export_goes_no_faster_than_its_client_reads_and_stops_when_it_lea
     assert "Traceback" not in ui.proxy.log_text(), ui.proxy.log_tail()
 
 
-class _StubTransport:
+class _StubChannel:
     def __init__(self) -> None:
-        self.aborted = False
+        self.timed_out = False
 
-    def abortConnection(self) -> None:
-        self.aborted = True
+    def timeoutConnection(self) -> None:
+        self.timed_out = True
 
 
 class _StubRequest:
     """What the export stream uses of a twisted.web request (its state only)."""
 
     def __init__(self) -> None:
-        self.transport = _StubTransport()
+        self.channel = _StubChannel()
         self.producer: object = None
         self.written: list[bytes] = []
 
@@ -348,7 +348,7 @@ class _NowReactor:
         fn(*args)
 
 
-def test_an_export_to_a_client_that_stops_reading_gives_up_and_aborts_it(
+def test_an_export_to_a_client_that_stops_reading_gives_up_and_times_it_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from interceptor.web.site import ClientGone, _TextToRequest
@@ -363,6 +363,6 @@ def test_an_export_to_a_client_that_stops_reading_gives_up_and_aborts_it(
     out.write("b")
     with pytest.raises(ClientGone, match="read nothing"):
         out.flush()
-    # Not left open for good: its connection is aborted, the producer gone, nothing written.
-    assert request.transport.aborted and request.producer is None and out.gone
+    # Not left open for good: its connection is timed out, the producer gone, nothing written.
+    assert request.channel.timed_out and request.producer is None and out.gone
     assert request.written == [b"a" * 10]

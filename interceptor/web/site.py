@@ -26,7 +26,6 @@ from typing import Any, TextIO, cast
 from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -260,12 +259,14 @@ class _TextToRequest(io.TextIOBase):
             self.request.write(data)
 
     def _abandon(self) -> None:
+        # Timed out as twisted.web times out any client of its own (the UI's connections are
+        # its, not the proxy's legs): a close, and an abort if that has not worked in 15 s.
         if not self.gone:
             self.gone = True
             self.request.unregisterProducer()
-            transport = self.request.transport
-            if transport is not None:
-                cast(ITCPTransport, transport).abortConnection()
+            channel = getattr(self.request, "channel", None)
+            if channel is not None:
+                channel.timeoutConnection()
 
     def finish(self) -> None:
         """In the reactor, once the export is written: the request is done."""
